@@ -1,0 +1,333 @@
+"""The Trainer: compiled training and evaluation loops around a multi-head model.
+
+One `tf.function` per mode runs `steps_per_loop` steps in a `tf.range` loop
+whose length is a tensor, so it is traced once however often `train` is
+called. Inside it, each step is a separate function compiled with XLA
+(`jit_compile`); label checks run in the outer loop, outside XLA, where
+TensorFlow's assertions work. Summaries, progress lines, checkpoints and
+evaluations happen on the host between loops.
+"""
+
+import collections
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from engine import model as model_lib
+from engine import progress
+from engine import summaries as summaries_lib
+from engine import validation
+from engine.config import Config
+
+
+class Trainer:
+  """Trains, evaluates and predicts with a shared trunk and named heads.
+
+  Args:
+    trunk: any Keras layer or model; returns one tensor or a dict of named
+      features that heads select with their `input`.
+    heads: a list of `heads.Head`, with unique names.
+    optimizer: a Keras 3 optimizer (learning-rate schedules work).
+    config: an `engine.Config`.
+
+  Variables are created on the first call of `train`, `evaluate` or
+  `predict` (or an explicit `build`), from the shapes of the data; the latest
+  checkpoint in `config.model_dir`, if any, is restored then.
+  """
+
+  def __init__(self, *, trunk, heads, optimizer, config: Config):
+    if not isinstance(config, Config):
+      raise TypeError(f"config must be an engine.Config; received {type(config).__name__}.")
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+      raise TypeError(
+          f"optimizer must be a Keras 3 optimizer; received {type(optimizer).__name__}.")
+    self.config = config
+    self.model = model_lib.MultiHeadModel(trunk, heads)
+    self.heads = list(self.model.head_list)
+    self.optimizer = optimizer
+    self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    self._head_losses = {head.name: keras.metrics.Mean(name=f"{head.name}/loss")
+                         for head in self.heads}
+    self._gradient_norm = keras.metrics.Mean(name="gradient_norm")
+    self._examples = keras.metrics.Sum(name="examples")
+    # Keras 3 models hide list and dict attributes from tf.train.Checkpoint,
+    # so the checkpoint names the trunk and each head itself.
+    self._checkpoint = tf.train.Checkpoint(
+        trunk=self.model.trunk, heads={head.name: head for head in self.heads},
+        optimizer=optimizer, global_step=self.global_step)
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
+        step_counter=self.global_step)
+    self._summaries = summaries_lib.SummaryWriters(config.model_dir)
+    self._features_spec = None
+    # How often each compiled function was traced; a test keeps this at 1.
+    self.trace_counts = collections.Counter()
+    self._train_step = tf.function(self._train_step_fn, jit_compile=config.jit_compile)
+    self._eval_step = tf.function(self._eval_step_fn, jit_compile=config.jit_compile)
+    self._train_loop = tf.function(self._train_loop_fn)
+    self._eval_loop = tf.function(self._eval_loop_fn)
+    self._predict = tf.function(self._predict_fn, jit_compile=config.jit_compile,
+                                reduce_retracing=True)
+
+  # --- public API ------------------------------------------------------------
+
+  @property
+  def step(self) -> int:
+    return int(self.global_step.numpy())
+
+  def build(self, features_spec):
+    """Creates all variables for features of this spec and restores the latest checkpoint.
+
+    Called by `train`, `evaluate` and `predict`; call it directly to restore
+    a model without data (e.g. before `predict` or export).
+    """
+    if self._features_spec is not None:
+      return
+    if self.config.seed is not None:
+      keras.utils.set_random_seed(self.config.seed)
+    model_lib.build(self.model, features_spec)
+    self.optimizer.build(self.model.trainable_variables)
+    self._check_checkpoint_covers_model()
+    self._features_spec = features_spec
+    latest = self._manager.latest_checkpoint
+    if latest:
+      try:
+        self._checkpoint.restore(latest).assert_existing_objects_matched()
+      except (ValueError, AssertionError) as error:
+        raise ValueError(
+            f"Cannot restore the checkpoint {latest} into this model: {error} "
+            "Was it written for other heads or shapes? Use a new model_dir, or "
+            "the same trunk and heads.") from None
+      logging.info("Restored %s at step %d.", latest, self.step)
+
+  def train(self, dataset: tf.data.Dataset, steps: int, eval_dataset=None) -> dict:
+    """Trains until the global step reaches `steps`.
+
+    A rerun of the same call after a crash resumes from the latest checkpoint
+    and finishes the same job. With `eval_dataset`, evaluates every
+    `config.eval_every` steps (if set) and at the end, and returns the final
+    evaluation's results; without, returns the last training loop's.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+      raise ValueError(f"steps must be an integer >= 0; received {steps!r}.")
+    features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
+    if eval_dataset is not None:
+      validation.check_element_spec(eval_dataset.element_spec, self.heads)
+    self.build(features_spec)
+    results = {}
+    if self.step >= steps:
+      logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
+    iterator = iter(dataset)
+    while self.step < steps:
+      num_steps = self._loop_length(self.step, steps)
+      self._reset_metrics()
+      start = time.perf_counter()
+      try:
+        done = self._run_loop(self._train_loop, iterator, num_steps)
+      except ValueError:
+        self._manager.save(checkpoint_number=self.step)  # Keep the valid steps.
+        raise
+      seconds = time.perf_counter() - start
+      results = self._results()
+      steps_per_second = done / seconds
+      self._summaries.write_scalars("train", {
+          **results,
+          "learning_rate": float(self.optimizer.learning_rate),
+          "gradient_norm": float(self._gradient_norm.result()),
+          "steps_per_second": steps_per_second,
+          "examples_per_second": float(self._examples.result()) / seconds,
+      }, self.step)
+      logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
+                                       steps_per_second))
+      if done < num_steps:
+        self._manager.save(checkpoint_number=self.step)
+        raise ValueError(
+            f"The training dataset ended at global step {self.step}, before "
+            f"reaching steps={steps}: repeat it (dataset.repeat()). The steps "
+            "trained so far were saved.")
+      if self.step % self.config.checkpoint_every == 0 or self.step == steps:
+        self._manager.save(checkpoint_number=self.step)
+      if (eval_dataset is not None and self.config.eval_every
+          and self.step % self.config.eval_every == 0 and self.step < steps):
+        self.evaluate(eval_dataset)
+    if eval_dataset is not None:
+      results = self.evaluate(eval_dataset)
+    return results
+
+  def evaluate(self, dataset: tf.data.Dataset, steps=None) -> dict:
+    """Evaluates on `steps` batches (default `config.eval_steps`, else all).
+
+    Returns a flat dict: "loss" (the weighted total), "<head>/loss",
+    "<head>/weighted_loss" and "<head>/<metric>", each computed from sums
+    over every evaluated example, not as a mean of batch means.
+    """
+    steps = self.config.eval_steps if steps is None else steps
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+      raise ValueError(f"evaluate steps must be an integer >= 1 or None; received {steps!r}.")
+    features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
+    self.build(features_spec)
+    self._reset_metrics()
+    iterator = iter(dataset)
+    evaluated = 0
+    while steps is None or evaluated < steps:
+      num_steps = self.config.steps_per_loop
+      if steps is not None:
+        num_steps = min(num_steps, steps - evaluated)
+      done = self._run_loop(self._eval_loop, iterator, num_steps)
+      evaluated += done
+      if done < num_steps:
+        break
+    if evaluated == 0:
+      raise ValueError("The evaluation dataset is empty: it produced no batch.")
+    results = self._results()
+    self._summaries.write_scalars("eval", results, self.step)
+    logging.info(progress.eval_line(self.step, results))
+    return results
+
+  def predict(self, features) -> dict:
+    """Returns {head: head.predict(logits)} as NumPy arrays, e.g.
+    {"digit": {"probabilities", "classes"}, "box": {"values"}}."""
+    features = tf.nest.map_structure(tf.convert_to_tensor, features)
+    self.build(tf.nest.map_structure(tf.TensorSpec.from_tensor, features))
+    outputs = self._predict(features)
+    return tf.nest.map_structure(lambda tensor: tensor.numpy(), outputs)
+
+  # --- compiled functions ----------------------------------------------------
+
+  def _train_loop_fn(self, iterator, num_steps):
+    self.trace_counts["train_loop"] += 1
+    done = tf.constant(0)
+    for _ in tf.range(num_steps):
+      element = iterator.get_next_as_optional()
+      if not element.has_value():
+        break
+      self._train_step(self._checked_batch(element.get_value()))
+      self.global_step.assign_add(1)
+      done += 1
+    return done
+
+  def _eval_loop_fn(self, iterator, num_steps):
+    self.trace_counts["eval_loop"] += 1
+    done = tf.constant(0)
+    for _ in tf.range(num_steps):
+      element = iterator.get_next_as_optional()
+      if not element.has_value():
+        break
+      self._eval_step(self._checked_batch(element.get_value()))
+      done += 1
+    return done
+
+  def _checked_batch(self, element):
+    """(features, labels[, weights]) -> (features, labels, weights), labels checked.
+
+    Runs outside XLA so the assertions are real; the identity makes the step
+    depend on them.
+    """
+    features, labels = element[:2]
+    weights = element[2] if len(element) == 3 else {}
+    with tf.control_dependencies(validation.assert_label_values(self.heads, labels, weights)):
+      return tf.nest.map_structure(tf.identity, (features, labels, weights))
+
+  def _train_step_fn(self, batch):
+    self.trace_counts["train_step"] += 1
+    features, labels, weights = batch
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      logits = self.model(features, training=True)
+      total, terms = self._total_loss(labels, logits, weights)
+    gradients = tape.gradient(total, variables)
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    self._gradient_norm.update_state(tf.linalg.global_norm(gradients))
+    self._update_metrics(terms, labels, logits, weights)
+
+  def _eval_step_fn(self, batch):
+    self.trace_counts["eval_step"] += 1
+    features, labels, weights = batch
+    logits = self.model(features, training=False)
+    _, terms = self._total_loss(labels, logits, weights)
+    self._update_metrics(terms, labels, logits, weights)
+
+  def _predict_fn(self, features):
+    self.trace_counts["predict"] += 1
+    logits = self.model(features, training=False)
+    return {head.name: head.predict(logits[head.name]) for head in self.heads}
+
+  def _total_loss(self, labels, logits, weights):
+    """sum_h weight_h * loss_sum_h / weight_sum_h, and each head's (loss_sum, weight_sum)."""
+    total = tf.constant(0.0)
+    terms = {}
+    for head in self.heads:
+      loss_sum, weight_sum = head.loss_terms(
+          labels[head.name], logits[head.name], weights.get(head.name))
+      total += head.weight * tf.math.divide_no_nan(loss_sum, weight_sum)
+      terms[head.name] = (loss_sum, weight_sum)
+    return total, terms
+
+  def _update_metrics(self, terms, labels, logits, weights):
+    for head in self.heads:
+      loss_sum, weight_sum = terms[head.name]
+      # Mean with weight w of the value s/w accumulates exactly s and w.
+      self._head_losses[head.name].update_state(
+          tf.math.divide_no_nan(loss_sum, weight_sum), sample_weight=weight_sum)
+      head.update_metrics(labels[head.name], logits[head.name], weights.get(head.name))
+    first_label = labels[self.heads[0].name]
+    self._examples.update_state(tf.cast(tf.shape(first_label)[0], tf.float32))
+
+  # --- host-side helpers -----------------------------------------------------
+
+  def _loop_length(self, step, steps):
+    """Steps in the next loop: stop at the end, and at checkpoint and eval steps."""
+    boundaries = [steps, step + self.config.steps_per_loop,
+                  _next_multiple(step, self.config.checkpoint_every)]
+    if self.config.eval_every:
+      boundaries.append(_next_multiple(step, self.config.eval_every))
+    return min(boundaries) - step
+
+  def _run_loop(self, loop, iterator, num_steps) -> int:
+    try:
+      return int(loop(iterator, tf.constant(num_steps, tf.int32)))
+    except tf.errors.InvalidArgumentError as error:
+      translated = validation.as_value_error(error)
+      if translated is None:
+        raise
+      raise translated from None
+
+  def _reset_metrics(self):
+    for metric in [*self._head_losses.values(), self._gradient_norm, self._examples]:
+      metric.reset_state()
+    for head in self.heads:
+      for metric in head.metrics:
+        metric.reset_state()
+
+  def _results(self) -> dict:
+    results = {"loss": 0.0}
+    for head in self.heads:
+      loss = float(self._head_losses[head.name].result())
+      results[f"{head.name}/loss"] = loss
+      results[f"{head.name}/weighted_loss"] = head.weight * loss
+      results["loss"] += head.weight * loss
+      for metric in head.metrics:
+        results[f"{head.name}/{metric.name}"] = float(metric.result())
+    return results
+
+  def _check_checkpoint_covers_model(self):
+    """Fails early if a model variable would be missing from checkpoints.
+
+    Keras 3 hides variables held in list or dict attributes of a custom layer
+    from tf.train.Checkpoint; training such a model would lose them silently
+    on resume.
+    """
+    reachable = {id(obj) for obj in tf.train.TrackableView(self._checkpoint).descendants()}
+    missing = [variable.path for variable in self.model.variables
+               if id(variable) not in reachable]
+    if missing:
+      raise ValueError(
+          f"These model variables would not be saved in checkpoints: {missing}. "
+          "Keep sub-layers of custom layers in plain attributes (self.dense = ...), "
+          "not in lists or dicts, so that tf.train.Checkpoint can track them.")
+
+
+def _next_multiple(step, every):
+  return (step // every + 1) * every

@@ -1,0 +1,12 @@
+"""Heads: what is learned and measured per output of a multi-head model.
+
+This package never imports `engine`; the engine imports it.
+"""
+
+from heads.base import Head
+from heads.base import LabelSpec
+from heads.regression import RegressionHead
+from heads.softmax import SoftmaxHead
+from heads.specs import parse_heads
+
+__all__ = ["Head", "LabelSpec", "RegressionHead", "SoftmaxHead", "parse_heads"]
