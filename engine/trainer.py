@@ -127,7 +127,7 @@ class Trainer:
       try:
         done = self._run_loop(self._train_loop, iterator, num_steps)
       except ValueError:
-        self._manager.save(checkpoint_number=self.step)  # Keep the valid steps.
+        self._save()  # Keep the steps before the bad batch.
         raise
       seconds = time.perf_counter() - start
       results = self._results()
@@ -142,13 +142,13 @@ class Trainer:
       logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
                                        steps_per_second))
       if done < num_steps:
-        self._manager.save(checkpoint_number=self.step)
+        self._save()
         raise ValueError(
             f"The training dataset ended at global step {self.step}, before "
             f"reaching steps={steps}: repeat it (dataset.repeat()). The steps "
             "trained so far were saved.")
       if self.step % self.config.checkpoint_every == 0 or self.step == steps:
-        self._manager.save(checkpoint_number=self.step)
+        self._save()
       if (eval_dataset is not None and self.config.eval_every
           and self.step % self.config.eval_every == 0 and self.step < steps):
         self.evaluate(eval_dataset)
@@ -203,8 +203,9 @@ class Trainer:
       element = iterator.get_next_as_optional()
       if not element.has_value():
         break
-      self._train_step(self._checked_batch(element.get_value()))
-      self.global_step.assign_add(1)
+      loss = self._train_step(self._checked_batch(element.get_value()))
+      with tf.control_dependencies([loss]):  # Count only steps that were applied.
+        self.global_step.assign_add(1)
       done += 1
     return done
 
@@ -241,6 +242,7 @@ class Trainer:
     self.optimizer.apply_gradients(zip(gradients, variables))
     self._gradient_norm.update_state(tf.linalg.global_norm(gradients))
     self._update_metrics(terms, labels, logits, weights)
+    return total
 
   def _eval_step_fn(self, batch):
     self.trace_counts["eval_step"] += 1
@@ -293,6 +295,12 @@ class Trainer:
       if translated is None:
         raise
       raise translated from None
+
+  def _save(self):
+    """Saves a checkpoint at the current step unless one exists for it."""
+    latest = self._manager.latest_checkpoint
+    if self.step > 0 and (latest is None or not latest.endswith(f"-{self.step}")):
+      self._manager.save(checkpoint_number=self.step)
 
   def _reset_metrics(self):
     for metric in [*self._head_losses.values(), self._gradient_norm, self._examples]:

@@ -1,0 +1,46 @@
+"""Shared test set-up: quiet TensorFlow, parsed absl flags, small trainers."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+import keras
+import pytest
+import tensorflow as tf
+
+import engine
+import heads
+
+flags.FLAGS.mark_as_parsed()
+
+
+def small_trunk(width=16):
+  return keras.Sequential([keras.layers.Dense(width, activation="relu")])
+
+
+@pytest.fixture
+def make_trainer(tmp_path):
+  """Factory of small demo-head trainers writing under a fresh tmp_path."""
+  def make(model_dir=None, trunk=None, head_list=None, optimizer=None, **config):
+    config.setdefault("steps_per_loop", 5)
+    config.setdefault("seed", 0)
+    return engine.Trainer(
+        trunk=trunk or small_trunk(),
+        heads=head_list or heads.parse_heads(engine.data.DEMO_HEADS),
+        optimizer=optimizer or keras.optimizers.Adam(1e-3),
+        config=engine.Config(model_dir=str(model_dir or tmp_path / "model"), **config))
+  return make
+
+
+@pytest.fixture
+def demo_batches():
+  """A small repeated synthetic training set and a finite eval set."""
+  return (engine.data.synthetic("train", 32, num_examples=256),
+          engine.data.synthetic("eval", 64, num_examples=256))
+
+
+def dataset_of(features, labels, weights=None, batch_size=16, repeat=True):
+  elements = (features, labels) if weights is None else (features, labels, weights)
+  dataset = tf.data.Dataset.from_tensor_slices(elements).batch(batch_size)
+  return dataset.repeat() if repeat else dataset

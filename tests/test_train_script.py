@@ -1,0 +1,107 @@
+"""scripts/train.py end to end, as a user runs it: a real subprocess."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import engine
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SCRIPT = os.path.join(_ROOT, "scripts", "train.py")
+_PROGRESS = re.compile(
+    r"train \| step (\d+)/(\d+) \| loss [\d.]+ \| digit [\d.]+ parity [\d.]+ box [\d.]+ \| "
+    r"[\d.]+ steps/s \| eta \d+:\d\d:\d\d")
+
+
+def _run(*flags, timeout=240):
+  return subprocess.run([sys.executable, _SCRIPT, *flags], capture_output=True, text=True,
+                        timeout=timeout, cwd=_ROOT, check=False)
+
+
+def _final_eval(model_dir):
+  accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "eval"),
+                                                   size_guidance={"tensors": 0})
+  accumulator.Reload()
+  return {tag: float(tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto))
+          for tag in accumulator.Tags()["tensors"]}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  """The README's demo exactly as `make demo` runs it (default flags)."""
+  model_dir = str(tmp_path_factory.mktemp("demo"))
+  return model_dir, _run(f"--model_dir={model_dir}")
+
+
+def test_the_demo_beats_chance_on_every_head(demo_run):
+  model_dir, result = demo_run
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = _final_eval(model_dir)
+  _, labels = engine.data.synthetic_arrays("eval", 4096)
+  majority_digit = np.bincount(labels["digit"]).max() / 4096  # Best constant guess, ~0.13.
+  box_variance = np.mean(np.var(labels["box"], axis=0))  # MSE of the best constant, ~0.2.
+  assert metrics["digit/accuracy"] >= majority_digit + 0.6
+  assert metrics["parity/accuracy"] >= 0.85  # Chance: 0.5.
+  assert metrics["box/loss"] <= 0.5 * box_variance
+  table = result.stdout.splitlines()
+  assert table[0].split() == ["head", "metric", "value"]
+  assert any(row.split()[:2] == ["digit", "accuracy"] for row in table)
+
+
+def test_the_demo_logs_one_progress_line_per_loop(demo_run):
+  _, result = demo_run
+  steps = [int(match.group(1)) for match in _PROGRESS.finditer(result.stderr)]
+  assert steps == list(range(100, 3001, 100))
+
+
+def test_rerunning_the_demo_resumes_instead_of_starting_again(demo_run):
+  model_dir, _ = demo_run
+  result = _run(f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r"Restored .*ckpt-3000 at step 3000", result.stderr)
+  assert not _PROGRESS.search(result.stderr)
+  result = _run(f"--model_dir={model_dir}", "--train_steps=3100")
+  assert [int(m.group(1)) for m in _PROGRESS.finditer(result.stderr)] == [3100]
+
+
+def _write_examples(path, split, count):
+  x, labels = engine.data.synthetic_arrays(split, count)
+  with tf.io.TFRecordWriter(path) as writer:
+    for i in range(count):
+      feature = {
+          "features": tf.train.Feature(float_list=tf.train.FloatList(value=x[i])),
+          "digit": tf.train.Feature(int64_list=tf.train.Int64List(value=[labels["digit"][i]])),
+          "parity": tf.train.Feature(int64_list=tf.train.Int64List(value=[labels["parity"][i]])),
+          "box": tf.train.Feature(float_list=tf.train.FloatList(value=labels["box"][i])),
+      }
+      writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_training_from_tfrecord_files(tmp_path):
+  _write_examples(str(tmp_path / "train.tfrecord"), "train", 512)
+  _write_examples(str(tmp_path / "eval.tfrecord"), "eval", 256)
+  model_dir = str(tmp_path / "model")
+  result = _run(f"--model_dir={model_dir}", f"--train_data={tmp_path}/train*",
+                f"--eval_data={tmp_path}/eval*", "--train_steps=300", "--batch_size=64")
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = _final_eval(model_dir)
+  assert metrics["digit/accuracy"] > 0.4 and metrics["parity/accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--steps_per_loop=0", r"flag --steps_per_loop=0: 0 is not a positive integer"),
+    ("--batch_size=-4", r"--batch_size=-4"),
+    ("--hidden_units=128,wide", r"--hidden_units must be positive integers"),
+    ("--heads=digit:softmax", r"--heads: each head is 'name:kind:size\[:weight\]'"),
+    ("--eval_data=/tmp/x", r"--eval_data needs --train_data"),
+])
+def test_bad_flags_are_named_in_the_error(tmp_path, flag, message):
+  result = _run(f"--model_dir={tmp_path}", flag, timeout=120)
+  assert result.returncode != 0
+  assert re.search(message, result.stderr), result.stderr[-2000:]

@@ -1,0 +1,87 @@
+"""Bad batches: each gets an error naming the head, before any step runs."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import engine
+from tests.conftest import dataset_of
+
+
+def _batches(mutate, weights=None):
+  x, labels = engine.data.synthetic_arrays("train", 64)
+  mutate(labels)
+  return dataset_of(x, labels, weights)
+
+
+def _assert_untouched(trainer):
+  assert trainer.step == 0
+  assert tf.train.latest_checkpoint(trainer.config.model_dir) is None
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda labels: labels.pop("parity"),
+     r"Head 'parity' has no labels in the batch: expected keys \['box', 'digit', 'parity'\], "
+     r"received \['box', 'digit'\]"),
+    (lambda labels: labels.update(color=np.zeros(64, np.int64)),
+     r"labels key 'color' matches no head: expected keys \['box', 'digit', 'parity'\]"),
+    (lambda labels: labels.update(digit=np.zeros((64, 3), np.int64)),
+     r"Head 'digit': labels must have shape \[batch\] .*received shape \[batch, 3\]"),
+    (lambda labels: labels.update(box=np.zeros((64, 5), np.float32)),
+     r"Head 'box': labels must have shape \[batch, 4\] .*received shape \[batch, 5\]"),
+    (lambda labels: labels.update(digit=labels["digit"].astype(np.float32)),
+     r"Head 'digit': labels must be integer class ids .*received dtype float32"),
+    (lambda labels: labels.update(box=labels["box"].astype(np.int64)),
+     r"Head 'box': labels must be floats .*received dtype int64"),
+])
+def test_structural_errors_are_raised_before_anything_is_built(make_trainer, mutate, message):
+  trainer = make_trainer()
+  with pytest.raises(ValueError, match=message):
+    trainer.train(_batches(mutate), steps=5)
+  _assert_untouched(trainer)
+
+
+def test_unknown_sample_weight_key_names_it(make_trainer):
+  x, labels = engine.data.synthetic_arrays("train", 64)
+  dataset = dataset_of(x, labels, {"colour": np.ones(64, np.float32)})
+  with pytest.raises(ValueError, match=r"sample_weights key 'colour' matches no head"):
+    make_trainer().train(dataset, steps=5)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+@pytest.mark.parametrize("bad_label", [10, -1])
+def test_out_of_range_class_ids_raise_naming_the_head_also_under_xla(make_trainer, jit_compile,
+                                                                     bad_label):
+  def mutate(labels):
+    labels["digit"][3] = bad_label
+  trainer = make_trainer(jit_compile=jit_compile)
+  with pytest.raises(ValueError,
+                     match=rf"Head 'digit': class ids must be in \[0, 10\); received values from "
+                           rf"{min(bad_label, 0)} to {max(bad_label, 9)}\."):
+    trainer.train(_batches(mutate), steps=5)
+  assert trainer.step == 0  # The bad batch is the first: no update was applied.
+  assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.variables)
+
+
+def test_out_of_range_placeholders_of_absent_labels_are_accepted(make_trainer):
+  x, labels = engine.data.synthetic_arrays("train", 64)
+  weights = {"parity": np.where(np.arange(64) % 2 == 0, 1.0, 0.0).astype(np.float32)}
+  labels["parity"][1::2] = -1  # "No parity label here."
+  trainer = make_trainer()
+  results = trainer.train(dataset_of(x, labels, weights), steps=5)
+  assert trainer.step == 5 and np.isfinite(results["parity/loss"])
+
+
+def test_evaluate_checks_labels_too(make_trainer):
+  x, labels = engine.data.synthetic_arrays("eval", 32)
+  labels["parity"][0] = 2
+  with pytest.raises(ValueError, match=r"Head 'parity': class ids must be in \[0, 2\)"):
+    make_trainer().evaluate(dataset_of(x, labels, repeat=False))
+
+
+def test_elements_that_are_not_feature_label_tuples_are_refused(make_trainer):
+  dataset = tf.data.Dataset.from_tensor_slices(np.zeros((8, 32), np.float32)).batch(4)
+  with pytest.raises(ValueError, match=r"\(features, labels\) or \(features, labels, sample_weights\)"):
+    make_trainer().train(dataset, steps=1)
