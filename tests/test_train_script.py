@@ -83,13 +83,19 @@ def _write_examples(path, split, count):
       writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
-def test_training_from_tfrecord_files(tmp_path):
+def test_training_from_tfrecord_files_configured_by_a_flagfile(tmp_path):
   _write_examples(str(tmp_path / "train.tfrecord"), "train", 512)
   _write_examples(str(tmp_path / "eval.tfrecord"), "eval", 256)
   model_dir = str(tmp_path / "model")
-  result = _run(f"--model_dir={model_dir}", f"--train_data={tmp_path}/train*",
-                f"--eval_data={tmp_path}/eval*", "--train_steps=300", "--batch_size=64")
+  flagfile = tmp_path / "run.flags"
+  flagfile.write_text("\n".join([
+      f"--model_dir={model_dir}", f"--train_data={tmp_path}/train*",
+      f"--eval_data={tmp_path}/eval*", "--train_steps=300", "--batch_size=64",
+      "--checkpoint_every=150"]))
+  result = _run(f"--flagfile={flagfile}")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert [os.path.basename(p) for p in tf.train.get_checkpoint_state(model_dir)
+          .all_model_checkpoint_paths] == ["ckpt-150", "ckpt-300"]
   metrics = _final_eval(model_dir)
   assert metrics["digit/accuracy"] > 0.4 and metrics["parity/accuracy"] > 0.6
 
