@@ -34,7 +34,7 @@ def check_element_spec(element_spec, heads):
   for head in heads:
     _check_label(head, labels[head.name])
     if weights is not None and head.name in weights:
-      _check_weight(head, weights[head.name])
+      _check_weight(head, weights[head.name], labels[head.name])
   return features, labels, weights
 
 
@@ -59,31 +59,29 @@ def _check_keys(what, spec, names, require_all):
 
 
 def _check_label(head, spec):
-  expected = head.label_spec
+  forms = " or ".join(form.describe() for form in head.accepted_label_specs)
   if not isinstance(spec, tf.TensorSpec):
+    raise ValueError(f"Head '{head.name}': labels must be dense {forms}; received {spec}.")
+  if head.label_spec_for(spec) is None:
     raise ValueError(
-        f"Head '{head.name}': labels must be a dense tensor of {expected.describe()}; "
-        f"received {spec}.")
-  if not expected.accepts_dtype(spec.dtype):
-    raise ValueError(
-        f"Head '{head.name}': labels must be {expected.describe()}; "
-        f"received dtype {spec.dtype.name}.")
-  want = tf.TensorShape([None, *expected.shape])
-  if not want.is_compatible_with(spec.shape):
-    raise ValueError(
-        f"Head '{head.name}': labels must have shape {_shape(want)} "
-        f"({expected.describe()}); received shape {_shape(spec.shape)}.")
+        f"Head '{head.name}': labels must be {forms}; received {spec.dtype.name} "
+        f"of shape {_shape(spec.shape)}.")
 
 
-def _check_weight(head, spec):
-  if not isinstance(spec, tf.TensorSpec) or not (spec.dtype.is_floating or spec.dtype.is_integer):
+def _check_weight(head, weight_spec, label_spec):
+  allowed = [tf.TensorShape([None])]
+  if head.per_token_weights:
+    allowed.append(label_spec.shape)
+  text = " or ".join(_shape(shape) for shape in allowed)
+  if not isinstance(weight_spec, tf.TensorSpec) or not (
+      weight_spec.dtype.is_floating or weight_spec.dtype.is_integer):
     raise ValueError(
-        f"Head '{head.name}': sample weights must be a numeric tensor of shape "
-        f"[batch]; received {spec}.")
-  if not tf.TensorShape([None]).is_compatible_with(spec.shape):
+        f"Head '{head.name}': sample weights must be a numeric tensor of shape {text}; "
+        f"received {weight_spec}.")
+  if not any(shape.is_compatible_with(weight_spec.shape) for shape in allowed):
     raise ValueError(
-        f"Head '{head.name}': sample weights must have shape [batch]; "
-        f"received shape {_shape(spec.shape)}.")
+        f"Head '{head.name}': sample weights must have shape {text}; "
+        f"received shape {_shape(weight_spec.shape)}.")
 
 
 def _shape(shape):
@@ -92,26 +90,44 @@ def _shape(shape):
 
 
 def assert_label_values(heads, labels, weights):
-  """In-graph check that every present class id lies in [0, num_classes).
+  """In-graph checks that every present label lies in its head's range.
 
-  Only examples with a non-zero weight are checked: a weight of 0 marks an
-  absent label whose placeholder value may be anything. Returns the ops'
-  control dependencies as a list (empty in eager mode).
+  Class ids must lie in [0, num_classes) (or equal the ignore value); floats
+  must be finite and inside the value range. Only labels with a non-zero
+  weight are checked: a weight of 0 marks an absent label whose placeholder
+  may be anything. Returns the assertion ops (empty in eager mode).
   """
   checks = []
   for head in heads:
-    num_classes = head.label_spec.num_classes
-    if num_classes is None:
+    y = labels[head.name]
+    form = head.label_spec_for(tf.TensorSpec.from_tensor(y))
+    present = tf.ones_like(y, tf.bool)
+    w = weights.get(head.name)
+    if w is not None:
+      w = w != 0
+      for _ in range(y.shape.rank - w.shape.rank):
+        w = w[..., tf.newaxis]
+      present = tf.logical_and(present, w)
+    if form.dtype.is_integer and form.num_classes is not None:
+      y = tf.cast(y, tf.int64)
+      if form.ignore_value is not None:
+        present = tf.logical_and(present, tf.not_equal(y, form.ignore_value))
+      values = tf.boolean_mask(y, present)
+      ok = tf.reduce_all((values >= 0) & (values < form.num_classes))
+      expected = f"class ids must be in [0, {form.num_classes})"
+    elif form.dtype.is_floating:
+      values = tf.boolean_mask(tf.cast(y, tf.float32), present)
+      ok = tf.reduce_all(tf.math.is_finite(values))
+      expected = "labels must be finite"
+      if form.value_range is not None:
+        low, high = form.value_range
+        ok = tf.logical_and(ok, tf.reduce_all((values >= low) & (values <= high)))
+        expected = f"labels must be finite and in [{low:g}, {high:g}]"
+    else:
       continue
-    y = tf.cast(labels[head.name], tf.int64)
-    w = weights.get(head.name) if weights else None
-    present = tf.ones_like(y, tf.bool) if w is None else tf.not_equal(
-        tf.reshape(w, [-1] + [1] * (len(y.shape) - 1)), 0)
-    y_present = tf.boolean_mask(y, present)
-    ok = tf.reduce_all((y_present >= 0) & (y_present < num_classes))
     checks.append(tf.debugging.Assert(ok, [
-        f"{_MARK} '{head.name}': class ids must be in [0, {num_classes}); received values from",
-        tf.reduce_min(y_present), "to", tf.reduce_max(y_present)]))
+        f"{_MARK} '{head.name}': {expected}; received values from",
+        tf.reduce_min(values), "to", tf.reduce_max(values)], summarize=1))
   return checks
 
 
@@ -122,7 +138,8 @@ def as_value_error(error: tf.errors.InvalidArgumentError):
   quotes escaped; this turns it back into one sentence.
   """
   text = error.message.replace("\\'", "'")
-  match = re.search(re.escape(_MARK) + r"([^\]]*)\] \[(-?\d+)\] \[to\] \[(-?\d+)\]", text)
+  number = r"\[([^\]]*)\]"
+  match = re.search(re.escape(_MARK) + r"([^\]]*)\] " + number + r" \[to\] " + number, text)
   if match is None:
     return None
   detail, low, high = match.groups()

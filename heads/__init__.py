@@ -3,10 +3,14 @@
 This package never imports `engine`; the engine imports it.
 """
 
+from heads.base import DistributionHead
 from heads.base import Head
 from heads.base import LabelSpec
 from heads.regression import RegressionHead
+from heads.sequence import SequenceSoftmaxHead
+from heads.sigmoid import SigmoidHead
 from heads.softmax import SoftmaxHead
 from heads.specs import parse_heads
 
-__all__ = ["Head", "LabelSpec", "RegressionHead", "SoftmaxHead", "parse_heads"]
+__all__ = ["DistributionHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
+           "SigmoidHead", "SoftmaxHead", "parse_heads"]

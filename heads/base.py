@@ -18,6 +18,7 @@ Subclasses implement `label_spec`, `call`, `per_example_loss`, `predict` and
 
 import dataclasses
 from typing import Optional
+import warnings
 
 import keras
 import tensorflow as tf
@@ -35,26 +36,37 @@ class LabelSpec:
     dtype: dtype the label is parsed as; any dtype of the same kind (integer
       or floating) is accepted in a batch.
     num_classes: for class ids, labels must lie in `[0, num_classes)`.
+    value_range: for floats, labels must lie in `[low, high]`; floats must be
+      finite in any case.
+    ignore_value: a class id that marks padding (sequence heads); accepted
+      anywhere and masked out of loss and metrics.
   """
 
   shape: tuple
   dtype: tf.DType
   num_classes: Optional[int] = None
+  value_range: Optional[tuple] = None
+  ignore_value: Optional[int] = None
 
   @property
   def tensor_spec(self) -> tf.TensorSpec:
     return tf.TensorSpec(self.shape, self.dtype)
 
-  def accepts_dtype(self, dtype: tf.DType) -> bool:
-    if self.dtype.is_integer:
-      return dtype.is_integer
-    return dtype.is_floating
+  def accepts(self, spec: tf.TensorSpec) -> bool:
+    """Whether a batch of labels of this spec (with batch dimension) fits."""
+    kind_ok = spec.dtype.is_integer if self.dtype.is_integer else spec.dtype.is_floating
+    return kind_ok and tf.TensorShape([None, *self.shape]).is_compatible_with(spec.shape)
 
   def describe(self) -> str:
     kind = "integer class ids" if self.dtype.is_integer else "floats"
-    text = f"{kind} of per-example shape {list(self.shape)}"
+    dims = ", ".join(["batch"] + ["time" if d is None else str(d) for d in self.shape])
+    text = f"{kind} of shape [{dims}]"
     if self.num_classes is not None:
       text += f" in [0, {self.num_classes})"
+    if self.ignore_value is not None:
+      text += f" or {self.ignore_value} (ignored)"
+    if self.value_range is not None:
+      text += f" in [{self.value_range[0]:g}, {self.value_range[1]:g}]"
     return text
 
 
@@ -85,7 +97,22 @@ class Head(keras.layers.Layer):
 
   @property
   def label_spec(self) -> LabelSpec:
+    """The label form TFRecords are parsed with, and the first one accepted."""
     raise NotImplementedError
+
+  @property
+  def accepted_label_specs(self) -> tuple:
+    """Every label form a batch may use; heads with several override this."""
+    return (self.label_spec,)
+
+  def label_spec_for(self, spec: tf.TensorSpec) -> Optional[LabelSpec]:
+    """The accepted form that a batch's labels of this spec match, or None."""
+    return next((form for form in self.accepted_label_specs if form.accepts(spec)), None)
+
+  @property
+  def per_token_weights(self) -> bool:
+    """Whether sample weights may have one entry per label element ([batch, time])."""
+    return False
 
   def per_example_loss(self, labels, logits):
     """Float32 loss per example, shape [batch], from logits (never probabilities)."""
@@ -111,9 +138,18 @@ class Head(keras.layers.Layer):
       return tf.ones(tf.shape(labels)[:1], tf.float32)
     return tf.cast(sample_weight, tf.float32)
 
+  def loss_weights(self, labels, sample_weight=None):
+    """Float32 loss weight per example: `example_weights` times any class weight.
+
+    Metrics use `example_weights` only: class weights change what the model
+    optimises, not how its predictions are scored.
+    """
+    return self.example_weights(labels, sample_weight)
+
   def loss_terms(self, labels, logits, sample_weight=None):
     """Returns float32 `(sum_i w_i * loss_i, sum_i w_i)` over the local batch."""
-    weights = self.example_weights(labels, sample_weight)
+    labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
+    weights = self.loss_weights(labels, sample_weight)
     labels = self._clean_labels(labels, weights)
     losses = self.per_example_loss(labels, logits)
     # tf.where, not a product: a loss that is NaN where the label is absent
@@ -123,6 +159,7 @@ class Head(keras.layers.Layer):
 
   def update_metrics(self, labels, logits, sample_weight=None):
     """Accumulates the head's metrics over the examples that have a label."""
+    labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
     weights = self.example_weights(labels, sample_weight)
     self._update_metrics(self._clean_labels(labels, weights), logits, weights)
 
@@ -132,5 +169,61 @@ class Head(keras.layers.Layer):
     Placeholders for absent labels (-1, NaN) would otherwise make the loss or
     its gradient NaN, even when multiplied by a zero weight.
     """
-    present = tf.reshape(weights > 0, [-1] + [1] * len(self.label_spec.shape))
+    present = weights > 0
+    for _ in range(labels.shape.rank - present.shape.rank):
+      present = present[..., tf.newaxis]
     return tf.where(present, labels, tf.zeros_like(labels))
+
+
+_DOUBLE_SOFTMAX_POLICIES = ("warn", "raise", "ignore")
+
+
+class DistributionHead(Head):
+  """A head whose outputs are logits of a distribution over classes.
+
+  Adds the double-softmax guard: a head fed probabilities instead of logits
+  (its trunk ends in a softmax, or its logits are already normalised) learns
+  badly without any error. `double_softmax` says what to do: "warn" (once
+  per head), "raise" or "ignore". The engine checks one real batch before
+  training; `loss_terms` also checks when run eagerly.
+  """
+
+  def __init__(self, name: str, *, double_softmax: str = "warn", **kwargs):
+    super().__init__(name, **kwargs)
+    if double_softmax not in _DOUBLE_SOFTMAX_POLICIES:
+      raise ValueError(f"Head '{name}': double_softmax must be one of "
+                       f"{_DOUBLE_SOFTMAX_POLICIES}; received {double_softmax!r}.")
+    self.double_softmax = double_softmax
+    self._warned = False
+
+  def check_inputs(self, features=None, logits=None):
+    """Eager check that neither the head's input nor its logits are probabilities."""
+    for what, tensor in (("its input features", features), ("its logits", logits)):
+      if tensor is not None and _looks_like_probabilities(tensor):
+        self._report(
+            f"Head '{self.name}': {what} look like probabilities (every row in [0, 1], "
+            "summing to 1). Heads normalise logits themselves: remove the softmax "
+            "from the trunk or head input, or pass double_softmax='ignore'.")
+        return
+
+  def loss_terms(self, labels, logits, sample_weight=None):
+    if tf.executing_eagerly() and self.double_softmax != "ignore":
+      self.check_inputs(logits=logits)
+    return super().loss_terms(labels, logits, sample_weight)
+
+  def _report(self, message):
+    if self.double_softmax == "raise":
+      raise ValueError(message)
+    if self.double_softmax == "warn" and not self._warned:
+      self._warned = True
+      warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _looks_like_probabilities(tensor) -> bool:
+  tensor = tf.convert_to_tensor(tensor)
+  if not tensor.dtype.is_floating or tensor.shape.rank < 2 or tensor.shape[-1] < 2:
+    return False
+  values = tf.cast(tensor, tf.float32)
+  in_unit_interval = tf.reduce_all((values >= 0.0) & (values <= 1.0))
+  sums_to_one = tf.reduce_all(tf.abs(tf.reduce_sum(values, axis=-1) - 1.0) < 1e-3)
+  return bool(in_unit_interval and sums_to_one)

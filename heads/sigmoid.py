@@ -1,0 +1,79 @@
+"""Multi-label classification: an independent sigmoid per class."""
+
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from heads import base
+from heads import losses
+
+
+class SigmoidHead(base.Head):
+  """Several classes can be true at once; targets `[batch, num_classes]` of 0/1.
+
+  The loss per example is the mean over classes of the binary cross-entropy
+  from logits (as keras.losses.BinaryCrossentropy computes it), with the
+  positive term of class c multiplied by `pos_weight[c]` (torch's
+  `binary_cross_entropy_with_logits(pos_weight=...)`). A class is predicted
+  when its probability is >= `threshold`.
+
+  Metrics: micro and macro F1 and ROC AUC (Keras's streaming metrics, at the
+  threshold), and the exact-match ratio (all classes right).
+  """
+
+  def __init__(self, name: str, num_classes: int,
+               pos_weight: Optional[Sequence[float]] = None, threshold: float = 0.5, **kwargs):
+    super().__init__(name, **kwargs)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+      raise ValueError(
+          f"Head '{name}': num_classes must be an integer >= 1; received {num_classes!r}.")
+    if not 0.0 < threshold < 1.0:
+      raise ValueError(f"Head '{name}': threshold must be in (0, 1); received {threshold!r}.")
+    self.pos_weight = None
+    if pos_weight is not None:
+      values = [float(w) for w in pos_weight]
+      if len(values) != num_classes or min(values) <= 0:
+        raise ValueError(f"Head '{name}': pos_weight must be {num_classes} numbers > 0; "
+                         f"received {list(pos_weight)!r}.")
+      self.pos_weight = tf.constant(values, tf.float32)
+    self.num_classes = num_classes
+    self.threshold = float(threshold)
+    self.logits_layer = keras.layers.Dense(num_classes, name="logits")
+    self.micro_f1 = keras.metrics.F1Score(average="micro", threshold=threshold, name="micro_f1")
+    self.macro_f1 = keras.metrics.F1Score(average="macro", threshold=threshold, name="macro_f1")
+    self.roc_auc = keras.metrics.AUC(curve="ROC", from_logits=True, name="roc_auc")
+    self.exact_match = keras.metrics.Mean(name="exact_match")
+
+  @property
+  def label_spec(self) -> base.LabelSpec:
+    return base.LabelSpec(shape=(self.num_classes,), dtype=tf.float32, value_range=(0.0, 1.0))
+
+  @property
+  def accepted_label_specs(self) -> tuple:
+    multi_hot_ids = base.LabelSpec(shape=(self.num_classes,), dtype=tf.int64, num_classes=2)
+    return (self.label_spec, multi_hot_ids)
+
+  def call(self, features, training=False):
+    del training
+    return self.logits_layer(features)  # (B, C)
+
+  def per_example_loss(self, labels, logits):
+    return losses.sigmoid_cross_entropy(labels, logits, self.pos_weight)  # (B,)
+
+  def predict(self, logits) -> dict:
+    probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
+    return {"probabilities": probabilities,
+            "classes": tf.cast(probabilities >= self.threshold, tf.int64)}
+
+  def _update_metrics(self, labels, logits, sample_weight):
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.float32)
+    probabilities = tf.sigmoid(logits)
+    self.micro_f1.update_state(labels, probabilities, sample_weight)
+    self.macro_f1.update_state(labels, probabilities, sample_weight)
+    token_weights = tf.broadcast_to(sample_weight[:, tf.newaxis], tf.shape(labels))
+    self.roc_auc.update_state(labels, logits, token_weights)
+    predicted = tf.cast(probabilities >= self.threshold, tf.float32)
+    all_right = tf.reduce_all(tf.equal(predicted, labels), axis=-1)
+    self.exact_match.update_state(tf.cast(all_right, tf.float32), sample_weight)
