@@ -138,8 +138,7 @@ def as_value_error(error: tf.errors.InvalidArgumentError):
   quotes escaped; this turns it back into one sentence.
   """
   text = error.message.replace("\\'", "'")
-  number = r"\[([^\]]*)\]"
-  match = re.search(re.escape(_MARK) + r"([^\]]*)\] " + number + r" \[to\] " + number, text)
+  match = re.search(re.escape(_MARK) + r"(.*?)\] \[([^\]]*)\] \[to\] \[([^\]]*)\]", text)
   if match is None:
     return None
   detail, low, high = match.groups()

@@ -25,7 +25,7 @@ def summarised_run(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("summaries"))
   trainer = engine.Trainer(
       trunk=small_trunk(), heads=heads.parse_heads(engine.data.DEMO_HEADS),
-      optimizer=keras.optimizers.Adam(1e-3),
+      optimizer=keras.optimizers.Adam(1e-2),
       config=engine.Config(model_dir=model_dir, steps_per_loop=5, eval_every=10, seed=0))
   results = trainer.train(engine.data.synthetic("train", 32, num_examples=256), steps=20,
                           eval_dataset=engine.data.synthetic("eval", 64, num_examples=128))
@@ -48,7 +48,7 @@ def test_train_summaries_hold_every_head_and_the_run_measurements(summarised_run
                                0.5 * scalars["parity/loss"][step], rtol=1e-6)
     np.testing.assert_allclose(scalars["examples_per_second"][step],
                                32 * scalars["steps_per_second"][step], rtol=1e-4)
-  np.testing.assert_allclose(scalars["learning_rate"][20], 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(scalars["learning_rate"][20], 1e-2, rtol=1e-6)
   assert scalars["digit/loss"][20] < scalars["digit/loss"][5]
 
 

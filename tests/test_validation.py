@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import engine
+import heads
 from tests.conftest import dataset_of
 
 
@@ -28,13 +29,15 @@ def _assert_untouched(trainer):
     (lambda labels: labels.update(color=np.zeros(64, np.int64)),
      r"labels key 'color' matches no head: expected keys \['box', 'digit', 'parity'\]"),
     (lambda labels: labels.update(digit=np.zeros((64, 3), np.int64)),
-     r"Head 'digit': labels must have shape \[batch\] .*received shape \[batch, 3\]"),
+     r"Head 'digit': labels must be integer class ids of shape \[batch\] in \[0, 10\) or floats "
+     r"of shape \[batch, 10\] in \[0, 1\]; received int64 of shape \[batch, 3\]\."),
     (lambda labels: labels.update(box=np.zeros((64, 5), np.float32)),
-     r"Head 'box': labels must have shape \[batch, 4\] .*received shape \[batch, 5\]"),
+     r"Head 'box': labels must be floats of shape \[batch, 4\]; received float32 of shape "
+     r"\[batch, 5\]\."),
     (lambda labels: labels.update(digit=labels["digit"].astype(np.float32)),
-     r"Head 'digit': labels must be integer class ids .*received dtype float32"),
+     r"Head 'digit': labels must be integer class ids .*; received float32 of shape \[batch\]\."),
     (lambda labels: labels.update(box=labels["box"].astype(np.int64)),
-     r"Head 'box': labels must be floats .*received dtype int64"),
+     r"Head 'box': labels must be floats of shape \[batch, 4\]; received int64"),
 ])
 def test_structural_errors_are_raised_before_anything_is_built(make_trainer, mutate, message):
   trainer = make_trainer()
@@ -85,3 +88,56 @@ def test_elements_that_are_not_feature_label_tuples_are_refused(make_trainer):
   dataset = tf.data.Dataset.from_tensor_slices(np.zeros((8, 32), np.float32)).batch(4)
   with pytest.raises(ValueError, match=r"\(features, labels\) or \(features, labels, sample_weights\)"):
     make_trainer().train(dataset, steps=1)
+
+
+def test_soft_targets_outside_the_unit_interval_are_refused(make_trainer):
+  def mutate(labels):
+    targets = np.eye(10, dtype=np.float32)[labels["digit"]]
+    targets[5, 0] = 1.5
+    labels["digit"] = targets
+  with pytest.raises(ValueError, match=r"Head 'digit': labels must be finite and in \[0, 1\]; "
+                                       r"received values from 0 to 1.5\."):
+    make_trainer().train(_batches(mutate), steps=5)
+
+
+def test_a_nan_regression_target_is_refused_unless_its_weight_is_zero(make_trainer):
+  def mutate(labels):
+    labels["box"][2, 1] = np.nan
+  with pytest.raises(ValueError, match=r"Head 'box': labels must be finite; received values from"):
+    make_trainer().train(_batches(mutate), steps=5)
+  weights = {"box": np.where(np.arange(64) == 2, 0.0, 1.0).astype(np.float32)}
+  trainer = make_trainer(model_dir=make_trainer().config.model_dir + "-weighted")
+  results = trainer.train(_batches(mutate, weights), steps=5)
+  assert np.isfinite(results["box/loss"])
+
+
+def _sequence_trainer(make_trainer, **kwargs):
+  head_list = [heads.SequenceSoftmaxHead("tags", num_classes=4, **kwargs)]
+  return make_trainer(head_list=head_list)
+
+
+def test_sequence_labels_accept_the_ignore_label_and_refuse_other_ids(make_trainer):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(32, 6, 3)).astype(np.float32)
+  labels = rng.integers(0, 4, size=(32, 6))
+  labels[:, 4:] = -1
+  trainer = _sequence_trainer(make_trainer)
+  trainer.train(dataset_of(x, {"tags": labels}), steps=2)
+  labels[7, 2] = 4
+  with pytest.raises(ValueError, match=r"Head 'tags': class ids must be in \[0, 4\); "
+                                       r"received values from 0 to 4\."):
+    trainer.train(dataset_of(x, {"tags": labels}), steps=4)
+  weights = {"tags": np.ones((32, 5), np.float32)}  # Neither [batch] nor [batch, time=6].
+  with pytest.raises(ValueError, match=r"Head 'tags': sample weights must have shape "
+                                       r"\[batch\] or \[batch, 6\]; received shape \[batch, 5\]"):
+    trainer.train(dataset_of(x, {"tags": labels}, weights), steps=4)
+
+
+def test_multi_hot_targets_must_be_zero_or_one(make_trainer):
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(32, 5)).astype(np.float32)
+  labels = (rng.uniform(size=(32, 3)) < 0.5).astype(np.int64)
+  labels[4, 1] = 2
+  trainer = make_trainer(head_list=[heads.SigmoidHead("tags", num_classes=3)])
+  with pytest.raises(ValueError, match=r"Head 'tags': class ids must be in \[0, 2\)"):
+    trainer.train(dataset_of(x, {"tags": labels}), steps=2)
