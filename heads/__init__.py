@@ -10,7 +10,9 @@ from heads.regression import RegressionHead
 from heads.sequence import SequenceSoftmaxHead
 from heads.sigmoid import SigmoidHead
 from heads.softmax import SoftmaxHead
+from heads.sparse import EntmaxHead
+from heads.sparse import SparsemaxHead
 from heads.specs import parse_heads
 
-__all__ = ["DistributionHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
-           "SigmoidHead", "SoftmaxHead", "parse_heads"]
+__all__ = ["DistributionHead", "EntmaxHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
+           "SigmoidHead", "SoftmaxHead", "SparsemaxHead", "parse_heads"]
