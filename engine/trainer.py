@@ -316,8 +316,8 @@ class Trainer:
       results[f"{head.name}/loss"] = loss
       results[f"{head.name}/weighted_loss"] = head.weight * loss
       results["loss"] += head.weight * loss
-      for metric in head.metrics:
-        results[f"{head.name}/{metric.name}"] = float(metric.result())
+      for name, value in head.metric_results().items():
+        results[f"{head.name}/{name}"] = float(value)
     return results
 
   def _check_checkpoint_covers_model(self):

@@ -6,6 +6,7 @@ This package never imports `engine`; the engine imports it.
 from heads.base import DistributionHead
 from heads.base import Head
 from heads.base import LabelSpec
+from heads.ensemble import EnsembleHead
 from heads.regression import RegressionHead
 from heads.sequence import SequenceSoftmaxHead
 from heads.sigmoid import SigmoidHead
@@ -14,5 +15,5 @@ from heads.sparse import EntmaxHead
 from heads.sparse import SparsemaxHead
 from heads.specs import parse_heads
 
-__all__ = ["DistributionHead", "EntmaxHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
+__all__ = ["DistributionHead", "EnsembleHead", "EntmaxHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
            "SigmoidHead", "SoftmaxHead", "SparsemaxHead", "parse_heads"]

@@ -128,6 +128,10 @@ class Head(keras.layers.Layer):
 
   # --- shared by all heads -------------------------------------------------
 
+  def metric_results(self) -> dict:
+    """{metric name: value} of the head's metrics, read when they are reported."""
+    return {metric.name: metric.result() for metric in self.metrics}
+
   def example_weights(self, labels, sample_weight=None):
     """Float32 weight per example: the sample weight, 1 where none is given.
 
