@@ -38,10 +38,11 @@ class MultiHeadModel(keras.Model):
 
   def call(self, features, training=False):
     shared = self.trunk(features, training=training)
-    return {head.name: head(self._select(shared, head), training=training)
+    return {head.name: head(self.select(shared, head), training=training)
             for head in self.head_list}
 
-  def _select(self, shared, head):
+  def select(self, shared, head):
+    """The part of the trunk's output that `head` reads."""
     if not isinstance(shared, dict):
       if head.input_key is not None:
         raise ValueError(

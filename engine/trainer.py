@@ -15,6 +15,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+import heads as heads_lib
 from engine import model as model_lib
 from engine import progress
 from engine import summaries as summaries_lib
@@ -62,6 +63,7 @@ class Trainer:
         step_counter=self.global_step)
     self._summaries = summaries_lib.SummaryWriters(config.model_dir)
     self._features_spec = None
+    self._inputs_checked = False
     # How often each compiled function was traced; a test keeps this at 1.
     self.trace_counts = collections.Counter()
     self._train_step = tf.function(self._train_step_fn, jit_compile=config.jit_compile)
@@ -116,6 +118,7 @@ class Trainer:
     if eval_dataset is not None:
       validation.check_element_spec(eval_dataset.element_spec, self.heads)
     self.build(features_spec)
+    self._check_heads_get_logits(dataset)
     results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
@@ -168,6 +171,7 @@ class Trainer:
       raise ValueError(f"evaluate steps must be an integer >= 1 or None; received {steps!r}.")
     features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
     self.build(features_spec)
+    self._check_heads_get_logits(dataset)
     self._reset_metrics()
     iterator = iter(dataset)
     evaluated = 0
@@ -319,6 +323,26 @@ class Trainer:
       for name, value in head.metric_results().items():
         results[f"{head.name}/{name}"] = float(value)
     return results
+
+  def _check_heads_get_logits(self, dataset):
+    """Runs each distribution head's double-softmax guard once, on one real batch.
+
+    A trunk ending in a softmax, or logits that are already probabilities,
+    train badly without any error; the heads warn or raise (their
+    `double_softmax` policy) before the first step.
+    """
+    if self._inputs_checked:
+      return
+    self._inputs_checked = True
+    guarded = [head for head in self.heads if isinstance(head, heads_lib.DistributionHead)
+               and head.double_softmax != "ignore"]
+    if not guarded:
+      return
+    for element in dataset.take(1):
+      shared = self.model.trunk(element[0], training=False)
+      for head in guarded:
+        inputs = self.model.select(shared, head)
+        head.check_inputs(inputs, head(inputs, training=False))
 
   def _check_checkpoint_covers_model(self):
     """Fails early if a model variable would be missing from checkpoints.

@@ -4,13 +4,19 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-import keras
-import pytest
-import tensorflow as tf
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-import engine
-import heads
+# Two logical CPU devices, so distribution can be tested on this machine. This
+# must run before TensorFlow initialises its devices, i.e. before any op.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from absl import flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import keras  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+import engine  # pylint: disable=g-import-not-at-top
+import heads  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
 
