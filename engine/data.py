@@ -71,6 +71,10 @@ def tfrecord(file_pattern: str, heads, num_features: int, batch_size: int,
   spec = {"features": tf.io.FixedLenFeature([num_features], tf.float32)}
   for head in heads:
     label = head.label_spec
+    if None in label.shape:
+      raise ValueError(
+          f"Head '{head.name}': TFRecord input reads fixed-shape labels; its labels have "
+          f"shape {list(label.shape)}. Build a tf.data pipeline that pads them instead.")
     spec[head.name] = tf.io.FixedLenFeature(label.shape, _parse_dtype(label.dtype))
     spec[f"{head.name}/weight"] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
 

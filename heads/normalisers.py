@@ -53,11 +53,14 @@ def entmax_bisect(logits, alpha):
   low = tf.fill(tf.shape(x[..., :1]), -1.0)  # sum p >= 1 at tau = max - 1.
   high = tf.fill(tf.shape(x[..., :1]), -tf.pow(1.0 / num_classes, alpha - 1.0))  # sum p <= 1.
   power = 1.0 / (alpha - 1.0)
-  for _ in range(_BISECTION_STEPS):
+
+  def halve(step, low, high):
     middle = (low + high) / 2.0
     total = tf.reduce_sum(tf.pow(tf.nn.relu(x - middle), power), axis=-1, keepdims=True)
-    low = tf.where(total >= 1.0, middle, low)
-    high = tf.where(total >= 1.0, high, middle)
+    return step + 1, tf.where(total >= 1.0, middle, low), tf.where(total >= 1.0, high, middle)
+
+  _, low, high = tf.while_loop(lambda step, low, high: step < _BISECTION_STEPS, halve,
+                               (tf.constant(0), low, high))
   p = tf.pow(tf.nn.relu(x - (low + high) / 2.0), power)
   return p / tf.reduce_sum(p, axis=-1, keepdims=True)
 

@@ -1,15 +1,22 @@
 """Heads from a short text, for command lines: "name:kind:size[:weight]".
 
 `digit:softmax:10,parity:softmax:2:0.5,box:regression:4:0.25` builds three
-heads. Kinds: softmax (size = number of classes), regression (size = units).
+heads. Kinds: softmax, sigmoid, sparsemax, entmax (size = number of
+classes) and regression (size = units). Heads with more options are built
+in Python.
 """
 
 from heads import regression
+from heads import sigmoid
 from heads import softmax
+from heads import sparse
 
 _KINDS = {
-    "softmax": lambda name, size, weight: softmax.SoftmaxHead(name, size, weight=weight),
-    "regression": lambda name, size, weight: regression.RegressionHead(name, size, weight=weight),
+    "softmax": softmax.SoftmaxHead,
+    "sigmoid": sigmoid.SigmoidHead,
+    "sparsemax": sparse.SparsemaxHead,
+    "entmax": sparse.EntmaxHead,
+    "regression": regression.RegressionHead,
 }
 
 
@@ -32,7 +39,7 @@ def parse_heads(text: str, flag: str = "--heads"):
       raise ValueError(
           f"{flag}: head '{name}' needs an integer size and a float weight; "
           f"received {item!r}.") from None
-    result.append(_KINDS[kind](name, size_value, weight))
+    result.append(_KINDS[kind](name, size_value, weight=weight))
   if not result:
     raise ValueError(f"{flag}: at least one head is needed; received {text!r}.")
   return result

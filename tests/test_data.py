@@ -62,3 +62,11 @@ def test_tfrecord_pattern_matching_nothing_names_it(tmp_path):
   import pytest  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match=r"No TFRecord files match '.*nothing-\*'"):
     engine.data.tfrecord(str(tmp_path / "nothing-*"), [], 3, 2, training=False)
+
+
+def test_tfrecord_refuses_variable_length_labels_naming_the_head(tmp_path):
+  import pytest  # pylint: disable=import-outside-toplevel
+  _write(str(tmp_path / "part-0.tfrecord"), [([0.0] * 3, 0, [0, 0], None)])
+  with pytest.raises(ValueError, match=r"Head 'tags': TFRecord input reads fixed-shape labels"):
+    engine.data.tfrecord(str(tmp_path / "part-*"), [heads.SequenceSoftmaxHead("tags", 4)], 3, 2,
+                         training=False)

@@ -35,6 +35,9 @@ class HeadCase:
   make: Callable[[], heads.Head]  # Named "h".
   features: tuple  # One example's input shape.
   labels: Callable[[np.random.Generator, int], np.ndarray]
+  # False where d loss / d logits grows with the logits (MSE): at float16's
+  # extremes the true gradient itself exceeds float16's range.
+  bounded_gradient: bool = True
 
 
 CASES = {
@@ -53,7 +56,7 @@ CASES = {
         lambda rng, n: (rng.uniform(size=(n, 4)) < 0.4).astype(np.float32)),
     "regression_mse": HeadCase(
         lambda: heads.RegressionHead("h", 3), (6,),
-        lambda rng, n: rng.normal(size=(n, 3)).astype(np.float32)),
+        lambda rng, n: rng.normal(size=(n, 3)).astype(np.float32), bounded_gradient=False),
     "regression_huber": HeadCase(
         lambda: heads.RegressionHead("h", 3, loss="huber", delta=0.5), (6,),
         lambda rng, n: 3 * rng.normal(size=(n, 3)).astype(np.float32)),
@@ -179,3 +182,28 @@ def test_trains_evaluates_and_predicts_in_the_engine(name, make_trainer):
   assert all(np.isfinite(value) for value in results.values())
   outputs = trainer.predict(x[:3])["h"]
   assert all(np.all(np.isfinite(value)) for value in outputs.values())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_low_precision_and_extreme_logits_give_finite_float32_losses(name):
+  case = CASES[name]
+  head = _built(case)
+  x, labels, weights = _batch(case)
+  shape = head(x).shape
+  signs = np.sign(np.random.default_rng(5).normal(size=shape)).astype(np.float32)
+  random_logits = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+  for dtype, logits in [(tf.float16, random_logits), (tf.bfloat16, random_logits),
+                        (tf.float32, 1e4 * signs), (tf.float16, 65504.0 * signs)]:
+    low = tf.cast(logits, dtype)
+    as_float32 = tf.cast(low, tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([low, as_float32])
+      loss_sum, weight_sum = head.loss_terms(labels, low, weights)
+      reference, _ = head.loss_terms(labels, as_float32, weights)
+    assert loss_sum.dtype == tf.float32 and weight_sum.dtype == tf.float32
+    np.testing.assert_allclose(loss_sum, reference, rtol=1e-6)  # Same math, in float32.
+    assert np.isfinite(loss_sum.numpy())
+    assert np.all(np.isfinite(tape.gradient(reference, as_float32).numpy()))
+    if case.bounded_gradient:
+      gradient = tape.gradient(loss_sum, low)  # In the logits' own dtype.
+      assert np.all(np.isfinite(tf.cast(gradient, tf.float32).numpy()))
