@@ -200,3 +200,14 @@ def test_config_errors_name_the_field_and_value():
     engine.Config(model_dir="x", checkpoint_every=-5)
   with pytest.raises(ValueError, match=r"model_dir"):
     engine.Config(model_dir="")
+
+
+def test_each_evaluation_starts_from_reset_metrics(make_trainer, demo_batches):
+  train, evaluation = demo_batches
+  x, labels = engine.data.synthetic_arrays("test", 64)
+  other = dataset_of(x, labels, batch_size=32, repeat=False)
+  trainer = make_trainer()
+  trainer.train(train, steps=5)
+  first = trainer.evaluate(evaluation)
+  trainer.evaluate(other)
+  assert trainer.evaluate(evaluation) == first
