@@ -1,8 +1,17 @@
 """The training engine: compiled multi-head training loops for TF 2 + Keras 3."""
 
 from engine import data
+from engine import distribution
 from engine import progress
 from engine.config import Config
+from engine.distribution import create_strategy as _create_strategy
+from engine.precision import set_precision
 from engine.trainer import Trainer
 
-__all__ = ["Config", "Trainer", "data", "progress"]
+
+def create_strategy(config: Config):
+  """The tf.distribute strategy `config` names; make the model under its scope."""
+  return _create_strategy(config.strategy, config.tpu, config.num_cpu_devices)
+
+
+__all__ = ["Config", "Trainer", "create_strategy", "data", "progress", "set_precision"]

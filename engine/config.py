@@ -3,6 +3,9 @@
 import dataclasses
 from typing import Optional
 
+from engine.distribution import STRATEGIES
+from engine.precision import PRECISIONS
+
 
 @dataclasses.dataclass
 class Config:
@@ -21,6 +24,16 @@ class Config:
     seed: seeds Keras, TensorFlow and NumPy before variables are created, so
       initial weights are reproducible; None leaves the seeds alone.
     max_checkpoints: how many checkpoints to keep.
+    precision: "float32", "mixed_float16" (dynamic loss scaling) or
+      "mixed_bfloat16"; call `engine.set_precision` before making layers.
+    strategy: "auto", "one_device", "mirrored", "multi_worker" or "tpu".
+    tpu: TPU name or address for strategy="tpu" ("" on a TPU VM).
+    num_cpu_devices: split the CPU into this many logical devices (testing
+      distribution without GPUs); 0 leaves it whole.
+    clip_norm: clip gradients to this global norm (of the gradient summed
+      over replicas); None does not clip.
+    accumulation_steps: cut each replica's batch into this many micro-batches
+      run one after the other; the update equals that of the whole batch.
   """
 
   model_dir: str
@@ -31,6 +44,12 @@ class Config:
   jit_compile: bool = True
   seed: Optional[int] = None
   max_checkpoints: int = 3
+  precision: str = "float32"
+  strategy: str = "auto"
+  tpu: str = ""
+  num_cpu_devices: int = 0
+  clip_norm: Optional[float] = None
+  accumulation_steps: int = 1
 
   def __post_init__(self):
     if not isinstance(self.model_dir, str) or not self.model_dir:
@@ -43,6 +62,17 @@ class Config:
       _check_int("eval_steps", self.eval_steps, minimum=1)
     if self.seed is not None:
       _check_int("seed", self.seed, minimum=0)
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"precision must be one of {PRECISIONS}; received {self.precision!r}.")
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"strategy must be one of {STRATEGIES}; received {self.strategy!r}.")
+    _check_int("num_cpu_devices", self.num_cpu_devices, minimum=0)
+    _check_int("accumulation_steps", self.accumulation_steps, minimum=1)
+    if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float))
+                                           and self.clip_norm > 0):
+      raise ValueError(f"clip_norm must be > 0 or None; received {self.clip_norm!r}.")
+    if self.strategy == "tpu" and self.precision == "mixed_float16":
+      raise ValueError("precision='mixed_float16' is for GPUs; on TPUs use 'mixed_bfloat16'.")
     if not isinstance(self.jit_compile, bool):
       raise ValueError(f"jit_compile must be True or False; received {self.jit_compile!r}.")
 

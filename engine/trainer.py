@@ -2,9 +2,19 @@
 
 One `tf.function` per mode runs `steps_per_loop` steps in a `tf.range` loop
 whose length is a tensor, so it is traced once however often `train` is
-called. Inside it, each step is a separate function compiled with XLA
-(`jit_compile`); label checks run in the outer loop, outside XLA, where
-TensorFlow's assertions work. Summaries, progress lines, checkpoints and
+called. Each step runs `strategy.run` on one replica's batch:
+
+1. the labels are checked (outside XLA, where TensorFlow's assertions work);
+2. each head's loss-weight sum is all-reduced, so every replica divides by
+   the weight sum of the global batch;
+3. `engine.step.gradients` (XLA-compiled) computes gradients from variable
+   values through Keras's `stateless_call`;
+4. the gradients are all-reduced, unscaled, checked for finiteness and
+   clipped by their global norm, then applied by the Keras optimizer.
+
+On one replica, steps 2-4 are one XLA program. On several, XLA compiles
+step 3 only: XLA cannot update MirroredVariables from a replica nor
+all-reduce on CPU (see BUILD.md). Summaries, progress lines, checkpoints and
 evaluations happen on the host between loops.
 """
 
@@ -16,8 +26,11 @@ import keras
 import tensorflow as tf
 
 import heads as heads_lib
+from engine import distribution
 from engine import model as model_lib
+from engine import precision as precision_lib
 from engine import progress
+from engine import step as step_lib
 from engine import summaries as summaries_lib
 from engine import validation
 from engine.config import Config
@@ -30,12 +43,15 @@ class Trainer:
     trunk: any Keras layer or model; returns one tensor or a dict of named
       features that heads select with their `input`.
     heads: a list of `heads.Head`, with unique names.
-    optimizer: a Keras 3 optimizer (learning-rate schedules work).
+    optimizer: a Keras 3 optimizer (learning-rate schedules work). Under
+      `precision="mixed_float16"` it is wrapped in a LossScaleOptimizer.
     config: an `engine.Config`.
 
+  With several replicas, create the trunk, heads, optimizer and Trainer
+  inside the strategy's scope (`engine.create_strategy(config).scope()`).
   Variables are created on the first call of `train`, `evaluate` or
-  `predict` (or an explicit `build`), from the shapes of the data; the latest
-  checkpoint in `config.model_dir`, if any, is restored then.
+  `predict` (or an explicit `build`), from the shapes of the data; the
+  latest checkpoint in `config.model_dir`, if any, is restored then.
   """
 
   def __init__(self, *, trunk, heads, optimizer, config: Config):
@@ -45,19 +61,31 @@ class Trainer:
       raise TypeError(
           f"optimizer must be a Keras 3 optimizer; received {type(optimizer).__name__}.")
     self.config = config
-    self.model = model_lib.MultiHeadModel(trunk, heads)
-    self.heads = list(self.model.head_list)
-    self.optimizer = optimizer
-    self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    self._head_losses = {head.name: keras.metrics.Mean(name=f"{head.name}/loss")
-                         for head in self.heads}
-    self._gradient_norm = keras.metrics.Mean(name="gradient_norm")
-    self._examples = keras.metrics.Sum(name="examples")
+    self.strategy = self._strategy()
+    self._replicas = self.strategy.num_replicas_in_sync
+    with self.strategy.scope():
+      self.model = model_lib.MultiHeadModel(trunk, heads)
+      self.heads = list(self.model.head_list)
+      precision_lib.check_layers(config.precision, [trunk, *self.heads])
+      self._loss_scaled = config.precision == "mixed_float16"
+      if self._loss_scaled and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+      self.optimizer = optimizer
+      self._check_created_in_scope()
+      self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self._head_losses = {head.name: keras.metrics.Mean(name=f"{head.name}/loss")
+                           for head in self.heads}
+      self._gradient_norm = keras.metrics.Mean(name="gradient_norm")
+      self._examples = keras.metrics.Sum(name="examples")
     # Keras 3 models hide list and dict attributes from tf.train.Checkpoint,
     # so the checkpoint names the trunk and each head itself.
     self._checkpoint = tf.train.Checkpoint(
         trunk=self.model.trunk, heads={head.name: head for head in self.heads},
-        optimizer=optimizer, global_step=self.global_step)
+        optimizer=self.optimizer, global_step=self.global_step,
+        skipped_steps=self.skipped_steps)
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
         step_counter=self.global_step)
@@ -66,12 +94,19 @@ class Trainer:
     self._inputs_checked = False
     # How often each compiled function was traced; a test keeps this at 1.
     self.trace_counts = collections.Counter()
-    self._train_step = tf.function(self._train_step_fn, jit_compile=config.jit_compile)
-    self._eval_step = tf.function(self._eval_step_fn, jit_compile=config.jit_compile)
+    jit = config.jit_compile
+    fused = self._replicas == 1  # One replica: the whole step is one XLA program.
+    self._gradients = tf.function(self._gradients_fn, jit_compile=jit and not fused)
+    self._forward = tf.function(self._forward_fn, jit_compile=jit and not fused)
+    # With several replicas the step holds all-reduces, which a nested
+    # tf.function may not: it is traced inline into the loop instead.
+    self._train_step = (tf.function(self._train_step_fn, jit_compile=jit) if fused
+                        else self._train_step_fn)
+    self._eval_step = (tf.function(self._eval_step_fn, jit_compile=jit) if fused
+                       else self._eval_step_fn)
     self._train_loop = tf.function(self._train_loop_fn)
     self._eval_loop = tf.function(self._eval_loop_fn)
-    self._predict = tf.function(self._predict_fn, jit_compile=config.jit_compile,
-                                reduce_retracing=True)
+    self._predict = tf.function(self._predict_fn, jit_compile=jit, reduce_retracing=True)
 
   # --- public API ------------------------------------------------------------
 
@@ -83,14 +118,16 @@ class Trainer:
     """Creates all variables for features of this spec and restores the latest checkpoint.
 
     Called by `train`, `evaluate` and `predict`; call it directly to restore
-    a model without data (e.g. before `predict` or export).
+    a model without data (e.g. before `predict` or export). `features_spec`
+    has the global batch dimension (or None).
     """
     if self._features_spec is not None:
       return
     if self.config.seed is not None:
       keras.utils.set_random_seed(self.config.seed)
-    model_lib.build(self.model, features_spec)
-    self.optimizer.build(self.model.trainable_variables)
+    with self.strategy.scope():
+      model_lib.build(self.model, features_spec)
+      self.optimizer.build(self.model.trainable_variables)
     self._check_checkpoint_covers_model()
     self._features_spec = features_spec
     latest = self._manager.latest_checkpoint
@@ -107,7 +144,8 @@ class Trainer:
   def train(self, dataset: tf.data.Dataset, steps: int, eval_dataset=None) -> dict:
     """Trains until the global step reaches `steps`.
 
-    A rerun of the same call after a crash resumes from the latest checkpoint
+    `dataset` yields global batches; they are split over the replicas. A
+    rerun of the same call after a crash resumes from the latest checkpoint
     and finishes the same job. With `eval_dataset`, evaluates every
     `config.eval_every` steps (if set) and at the end, and returns the final
     evaluation's results; without, returns the last training loop's.
@@ -115,6 +153,7 @@ class Trainer:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
       raise ValueError(f"steps must be an integer >= 0; received {steps!r}.")
     features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
+    self._check_batch_divides(features_spec)
     if eval_dataset is not None:
       validation.check_element_spec(eval_dataset.element_spec, self.heads)
     self.build(features_spec)
@@ -122,7 +161,7 @@ class Trainer:
     results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
-    iterator = iter(dataset)
+    iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
     while self.step < steps:
       num_steps = self._loop_length(self.step, steps)
       self._reset_metrics()
@@ -135,13 +174,15 @@ class Trainer:
       seconds = time.perf_counter() - start
       results = self._results()
       steps_per_second = done / seconds
-      self._summaries.write_scalars("train", {
-          **results,
-          "learning_rate": float(self.optimizer.learning_rate),
-          "gradient_norm": float(self._gradient_norm.result()),
-          "steps_per_second": steps_per_second,
-          "examples_per_second": float(self._examples.result()) / seconds,
-      }, self.step)
+      scalars = {**results,
+                 "learning_rate": float(tf.convert_to_tensor(self.optimizer.learning_rate)),
+                 "gradient_norm": float(self._gradient_norm.result()),
+                 "steps_per_second": steps_per_second,
+                 "examples_per_second": float(self._examples.result()) / seconds}
+      if self._loss_scaled:
+        scalars["loss_scale"] = float(tf.convert_to_tensor(self.optimizer.dynamic_scale))
+        scalars["skipped_steps"] = float(self.skipped_steps.numpy())
+      self._summaries.write_scalars("train", scalars, self.step)
       logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
                                        steps_per_second))
       if done < num_steps:
@@ -164,7 +205,7 @@ class Trainer:
 
     Returns a flat dict: "loss" (the weighted total), "<head>/loss",
     "<head>/weighted_loss" and "<head>/<metric>", each computed from sums
-    over every evaluated example, not as a mean of batch means.
+    over every evaluated example (and replica), not as a mean of batch means.
     """
     steps = self.config.eval_steps if steps is None else steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -173,7 +214,7 @@ class Trainer:
     self.build(features_spec)
     self._check_heads_get_logits(dataset)
     self._reset_metrics()
-    iterator = iter(dataset)
+    iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
     evaluated = 0
     while steps is None or evaluated < steps:
       num_steps = self.config.steps_per_loop
@@ -207,9 +248,9 @@ class Trainer:
       element = iterator.get_next_as_optional()
       if not element.has_value():
         break
-      loss = self._train_step(self._checked_batch(element.get_value()))
-      with tf.control_dependencies([loss]):  # Count only steps that were applied.
-        self.global_step.assign_add(1)
+      losses = self.strategy.run(self._replica_train_step, args=(element.get_value(),))
+      with tf.control_dependencies(self.strategy.experimental_local_results(losses)):
+        self.global_step.assign_add(1)  # Count only steps that were applied.
       done += 1
     return done
 
@@ -220,9 +261,13 @@ class Trainer:
       element = iterator.get_next_as_optional()
       if not element.has_value():
         break
-      self._eval_step(self._checked_batch(element.get_value()))
+      self.strategy.run(lambda element: self._eval_step(self._checked_batch(element)),
+                        args=(element.get_value(),))
       done += 1
     return done
+
+  def _replica_train_step(self, element):
+    return self._train_step(self._checked_batch(element))
 
   def _checked_batch(self, element):
     """(features, labels[, weights]) -> (features, labels, weights), labels checked.
@@ -237,39 +282,136 @@ class Trainer:
 
   def _train_step_fn(self, batch):
     self.trace_counts["train_step"] += 1
-    features, labels, weights = batch
-    variables = self.model.trainable_variables
-    with tf.GradientTape() as tape:
-      logits = self.model(features, training=True)
-      total, terms = self._total_loss(labels, logits, weights)
-    gradients = tape.gradient(total, variables)
-    self.optimizer.apply_gradients(zip(gradients, variables))
-    self._gradient_norm.update_state(tf.linalg.global_norm(gradients))
+    _, labels, weights = batch
+    weight_sums = self._all_reduce(step_lib.local_weight_sums(self.heads, labels, weights))
+    loss_scale = (tf.cast(self.optimizer.dynamic_scale, tf.float32) if self._loss_scaled
+                  else tf.constant(1.0))
+    non_trainable = [v.value for v in self.model.non_trainable_variables]
+    gradients, new_non_trainable, total, terms, logits = self._gradients(
+        [v.value for v in self.model.trainable_variables], non_trainable, batch, weight_sums,
+        loss_scale)
+    self._assign_changed(self.model.non_trainable_variables, non_trainable, new_non_trainable)
+    self._apply_gradients(gradients, loss_scale)
     self._update_metrics(terms, labels, logits, weights)
     return total
+
+  def _gradients_fn(self, trainable, non_trainable, batch, weight_sums, loss_scale):
+    self.trace_counts["gradients"] += 1
+    return step_lib.gradients(self.model, self.heads, trainable, non_trainable, batch,
+                              weight_sums, loss_scale, self.config.accumulation_steps)
 
   def _eval_step_fn(self, batch):
     self.trace_counts["eval_step"] += 1
     features, labels, weights = batch
-    logits = self.model(features, training=False)
-    _, terms = self._total_loss(labels, logits, weights)
+    logits = self._forward([v.value for v in self.model.trainable_variables],
+                           [v.value for v in self.model.non_trainable_variables], features)
+    weight_sums = {head.name: tf.constant(1.0) for head in self.heads}  # Unused: terms only.
+    _, terms = step_lib.total_loss(self.heads, labels, logits, weights, weight_sums)
     self._update_metrics(terms, labels, logits, weights)
+
+  def _forward_fn(self, trainable, non_trainable, features):
+    return step_lib.forward(self.model, trainable, non_trainable, features)
 
   def _predict_fn(self, features):
     self.trace_counts["predict"] += 1
     logits = self.model(features, training=False)
     return {head.name: head.predict(logits[head.name]) for head in self.heads}
 
-  def _total_loss(self, labels, logits, weights):
-    """sum_h weight_h * loss_sum_h / weight_sum_h, and each head's (loss_sum, weight_sum)."""
-    total = tf.constant(0.0)
-    terms = {}
-    for head in self.heads:
-      loss_sum, weight_sum = head.loss_terms(
-          labels[head.name], logits[head.name], weights.get(head.name))
-      total += head.weight * tf.math.divide_no_nan(loss_sum, weight_sum)
-      terms[head.name] = (loss_sum, weight_sum)
-    return total, terms
+  # --- inside a replica, outside XLA when there are several -------------------
+
+  def _all_reduce(self, values):
+    if self._replicas == 1:
+      return values
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+  def _apply_gradients(self, gradients, loss_scale):
+    """Unscales, checks, clips and applies this replica's gradients.
+
+    The global norm, finiteness and clipping are decided on the all-reduced
+    gradients, identical on every replica. Keras 3 cannot do this itself: its
+    LossScaleOptimizer checks only the first replica's local gradients, and
+    `global_clipnorm` clips each replica's local gradients before summing.
+    Each replica then hands the optimizer its local gradients times the
+    common factor; the optimizer's own SUM all-reduce gives the exact update.
+    """
+    reduced = self._all_reduce(gradients)
+    norm = tf.linalg.global_norm(reduced) / loss_scale
+    finite = tf.math.is_finite(norm)
+    factor = 1.0 / loss_scale
+    if self.config.clip_norm:
+      factor *= tf.minimum(1.0, self.config.clip_norm / tf.where(finite, norm, 1.0))
+    if self._loss_scaled or self.config.clip_norm:
+      local = [g * tf.cast(factor, g.dtype) for g in gradients]
+    else:
+      local = gradients
+    self._gradient_norm.update_state(tf.where(finite, norm, 0.0), tf.cast(finite, tf.float32))
+    if self._replicas == 1:
+      self._apply_or_skip(local, finite)
+    else:
+      tf.distribute.get_replica_context().merge_call(self._apply_cross_replica,
+                                                     args=(local, finite))
+
+  def _apply_cross_replica(self, strategy, local, finite):
+    finite = strategy.experimental_local_results(finite)[0]  # The same on every replica.
+    def apply():
+      strategy.extended.call_for_each_replica(self._inner_apply, args=(local,))
+      return tf.constant(True)
+    tf.cond(finite, apply, self._on_non_finite)
+    if self._loss_scaled:
+      tf.cond(finite, self._grow_loss_scale, lambda: tf.constant(True))
+
+  def _apply_or_skip(self, local, finite):
+    if not self._loss_scaled:
+      self._inner_apply(local)
+      return
+    def apply():
+      self._inner_apply(local)
+      return self._grow_loss_scale()
+    tf.cond(finite, apply, self._on_non_finite)
+
+  def _inner_apply(self, gradients):
+    optimizer = self.optimizer.inner_optimizer if self._loss_scaled else self.optimizer
+    optimizer.apply(gradients, self.model.trainable_variables)
+
+  def _grow_loss_scale(self):
+    """LossScaleOptimizer's rule: double the scale after `dynamic_growth_steps` finite steps."""
+    optimizer = self.optimizer
+    at_growth = tf.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1)
+    optimizer.dynamic_scale.assign(tf.where(at_growth, optimizer.dynamic_scale * 2.0,
+                                            optimizer.dynamic_scale))
+    optimizer.step_counter.assign(tf.where(at_growth, tf.zeros_like(optimizer.step_counter),
+                                           optimizer.step_counter + 1))
+    return tf.constant(True)
+
+  def _on_non_finite(self):
+    """A step whose gradients are not finite: skipped, and the loss scale halved."""
+    if self._loss_scaled:
+      self.optimizer.step_counter.assign(tf.zeros_like(self.optimizer.step_counter))
+      self.optimizer.dynamic_scale.assign(self.optimizer.dynamic_scale * 0.5)
+    self.skipped_steps.assign_add(1)
+    return tf.constant(False)
+
+  def _assign_changed(self, variables, old_values, new_values):
+    """Writes back non-trainable state the step changed (BatchNorm statistics, RNG state).
+
+    Values the step left alone come back as the same tensors and are
+    skipped. With several replicas, float state is averaged over replicas.
+    """
+    changed = [(variable, new) for variable, old, new in zip(variables, old_values, new_values)
+               if new is not old]
+    if not changed:
+      return
+    if self._replicas == 1:
+      for variable, value in changed:
+        variable.assign(value)
+      return
+    context = tf.distribute.get_replica_context()
+    values = [context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+              if value.dtype.is_floating else value for _, value in changed]
+    def assign(strategy, values):
+      for (variable, _), value in zip(changed, values):
+        strategy.extended.update(variable.value, lambda v, x: v.assign(x), args=(value,))
+    context.merge_call(assign, args=(values,))
 
   def _update_metrics(self, terms, labels, logits, weights):
     for head in self.heads:
@@ -282,6 +424,52 @@ class Trainer:
     self._examples.update_state(tf.cast(tf.shape(first_label)[0], tf.float32))
 
   # --- host-side helpers -----------------------------------------------------
+
+  def _strategy(self):
+    """The strategy of the current scope, else the one the config names."""
+    if tf.distribute.has_strategy():
+      return tf.distribute.get_strategy()
+    strategy = distribution.create_strategy(self.config.strategy, self.config.tpu,
+                                            self.config.num_cpu_devices)
+    if strategy.num_replicas_in_sync == 1:
+      # Objects made outside any scope belong to the default strategy, which
+      # places work on the first GPU if there is one.
+      return tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+      raise ValueError(
+          f"strategy={self.config.strategy!r} runs {strategy.num_replicas_in_sync} replicas: "
+          "create the trunk, heads, optimizer and Trainer inside its scope, "
+          "`with engine.create_strategy(config).scope(): ...`, so that their variables "
+          "are mirrored.")
+    return strategy
+
+  def _check_created_in_scope(self):
+    if self._replicas == 1:
+      return
+    optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+    if getattr(optimizer, "_distribution_strategy", self.strategy) is not self.strategy:
+      raise ValueError("The optimizer was created outside the strategy's scope; create it "
+                       "inside `with strategy.scope():`, with the trunk and heads.")
+    for head in self.heads:
+      for metric in head.metrics:
+        if metric.variables and not isinstance(metric.variables[0].value,
+                                                tf.distribute.DistributedValues):
+          raise ValueError(f"Head '{head.name}' was created outside the strategy's scope; "
+                           "create it inside `with strategy.scope():`.")
+
+  def _check_batch_divides(self, features_spec):
+    batch = tf.nest.flatten(features_spec)[0].shape[0]
+    parts = self._replicas * self.config.accumulation_steps
+    if batch is not None and batch % parts:
+      raise ValueError(
+          f"The global batch size ({batch}) must divide into {self._replicas} replica(s) x "
+          f"accumulation_steps={self.config.accumulation_steps} equal micro-batches; "
+          f"use a multiple of {parts}.")
+    if batch is None and parts > 1:
+      raise ValueError(
+          f"With {self._replicas} replica(s) and accumulation_steps="
+          f"{self.config.accumulation_steps}, batches need a static size: batch the "
+          "dataset with drop_remainder=True.")
 
   def _loop_length(self, step, steps):
     """Steps in the next loop: stop at the end, and at checkpoint and eval steps."""

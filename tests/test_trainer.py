@@ -21,7 +21,7 @@ def test_loops_are_traced_once_across_train_and_evaluate_calls(make_trainer, dem
   trainer.evaluate(evaluation)
   trainer.evaluate(evaluation, steps=2)
   assert trainer.step == 17
-  assert trainer.trace_counts == {"train_loop": 1, "train_step": 1,
+  assert trainer.trace_counts == {"train_loop": 1, "train_step": 1, "gradients": 1,
                                   "eval_loop": 1, "eval_step": 1}
 
 

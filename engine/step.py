@@ -1,0 +1,90 @@
+"""The math of one training step, as pure functions of tensors.
+
+No variables are read or written here: the model runs through Keras's
+`stateless_call` on variable values, so these functions compile with XLA
+under any strategy (XLA cannot update a MirroredVariable from a replica, nor
+all-reduce on CPU). The trainer reads the variables, all-reduces, and applies.
+"""
+
+import tensorflow as tf
+
+
+def local_weight_sums(heads, labels, weights) -> dict:
+  """Each head's sum of loss weights over this replica's batch."""
+  return {head.name: tf.reduce_sum(head.loss_weights(
+      tf.convert_to_tensor(labels[head.name]), weights.get(head.name))) for head in heads}
+
+
+def total_loss(heads, labels, logits, weights, global_weight_sums):
+  """`sum_h weight_h * loss_sum_h / global_weight_sum_h`, and each head's terms.
+
+  Dividing by the weight sum of the *global* batch (all replicas, all
+  micro-batches) makes the sum over replicas and micro-batches of these
+  partial losses, and of their gradients, equal those of one device on the
+  whole batch.
+  """
+  total = tf.constant(0.0)
+  terms = {}
+  for head in heads:
+    loss_sum, weight_sum = head.loss_terms(labels[head.name], logits[head.name],
+                                           weights.get(head.name))
+    total += head.weight * tf.math.divide_no_nan(loss_sum, global_weight_sums[head.name])
+    terms[head.name] = (loss_sum, weight_sum)
+  return total, terms
+
+
+def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums, loss_scale,
+              micro_batches=1):
+  """Gradients of `loss_scale * total_loss` with respect to the trainable values.
+
+  With `micro_batches` = K > 1 the batch is cut into K equal slices, run one
+  after the other (activations of one slice at a time), and their gradients
+  summed: the same update as the whole batch at once, since every slice is
+  normalised by the global weight sums. Returns (gradients, new
+  non-trainable values, total loss, {head: (loss_sum, weight_sum)}, logits).
+  """
+  if micro_batches == 1:
+    return _one_pass(model, heads, trainable, non_trainable, batch, global_weight_sums,
+                     loss_scale)
+  sliced = tf.nest.map_structure(
+      lambda t: tf.reshape(t, [micro_batches, -1, *t.shape[1:]]), batch)
+  grads = [tf.zeros_like(value) for value in trainable]
+  total = tf.constant(0.0)
+  terms = {head.name: (tf.constant(0.0), tf.constant(0.0)) for head in heads}
+  logits = {head.name: tf.TensorArray(model.compute_dtype, size=micro_batches)
+            for head in heads}
+  for k in tf.range(micro_batches):
+    part = tf.nest.map_structure(lambda t: t[k], sliced)  # pylint: disable=cell-var-from-loop
+    part_grads, non_trainable, part_total, part_terms, part_logits = _one_pass(
+        model, heads, trainable, non_trainable, part, global_weight_sums, loss_scale)
+    grads = [g + p for g, p in zip(grads, part_grads)]
+    total += part_total
+    terms = {name: (terms[name][0] + part_terms[name][0], terms[name][1] + part_terms[name][1])
+             for name in terms}
+    logits = {name: logits[name].write(k, tf.cast(part_logits[name], model.compute_dtype))
+              for name in logits}
+  logits = {name: _merge_slices(array.stack()) for name, array in logits.items()}
+  return grads, non_trainable, total, terms, logits
+
+
+def _merge_slices(stacked):
+  """[K, b, ...] -> [K * b, ...]."""
+  return tf.reshape(stacked, [-1, *stacked.shape[2:]])
+
+
+def _one_pass(model, heads, trainable, non_trainable, batch, global_weight_sums, loss_scale):
+  features, labels, weights = batch
+  with tf.GradientTape() as tape:
+    tape.watch(trainable)
+    logits, non_trainable = model.stateless_call(trainable, non_trainable, features,
+                                                 training=True)
+    total, terms = total_loss(heads, labels, logits, weights, global_weight_sums)
+    scaled = total * loss_scale
+  grads = tape.gradient(scaled, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return grads, non_trainable, total, terms, logits
+
+
+def forward(model, trainable, non_trainable, features):
+  """Logits by head, from variable values (evaluation)."""
+  logits, _ = model.stateless_call(trainable, non_trainable, features, training=False)
+  return logits

@@ -1,0 +1,163 @@
+"""Several replicas, micro-batches and clipping give the one-device update.
+
+Runs on the two logical CPU devices conftest.py creates.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import engine
+import heads
+
+_TIME, _WIDTH = 5, 6
+
+
+def _data(n=64, seed=0):
+  """Features [n, time, width]; the second half of every 16 has almost no valid tokens."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, _TIME, _WIDTH)).astype(np.float32)
+  tokens = rng.integers(0, 4, size=(n, _TIME))
+  lengths = np.where(np.arange(n) % 16 < 8, _TIME, 1)  # Replica 0 full, replica 1 padding.
+  tokens[np.arange(_TIME)[None, :] >= lengths[:, None]] = -1
+  labels = {"kind": rng.integers(0, 3, size=n), "size": rng.normal(size=(n, 2)).astype(np.float32),
+            "tags": tokens}
+  weights = {"kind": np.where(np.arange(n) % 5 == 0, 0.0, 1.0).astype(np.float32)}
+  return tf.data.Dataset.from_tensor_slices((x, labels, weights))
+
+
+def _trunk():
+  inputs = keras.Input([_TIME, _WIDTH])
+  tokens = keras.layers.Dense(8, activation="tanh")(inputs)
+  return keras.Model(inputs, {"tokens": tokens, "pooled": keras.layers.GlobalAveragePooling1D()(tokens)})
+
+
+def _heads():
+  return [heads.SoftmaxHead("kind", 3, input="pooled", label_smoothing=0.1),
+          heads.RegressionHead("size", 2, input="pooled", weight=0.5),
+          heads.SequenceSoftmaxHead("tags", 4, input="tokens")]
+
+
+def _trainer(tmp_path, name, scope=None, optimizer=lambda: keras.optimizers.Adam(0.01),
+             **config):
+  config = engine.Config(model_dir=str(tmp_path / name), steps_per_loop=5, seed=0, **config)
+  if scope is None:
+    return engine.Trainer(trunk=_trunk(), heads=_heads(), optimizer=optimizer(), config=config)
+  with scope.scope():
+    return engine.Trainer(trunk=_trunk(), heads=_heads(), optimizer=optimizer(), config=config)
+
+
+def _same_start(reference, other):
+  spec = tf.TensorSpec([None, _TIME, _WIDTH], tf.float32)
+  reference.build(spec)
+  other.build(spec)
+  for a, b in zip(reference.model.variables, other.model.variables):
+    b.assign(a.numpy())
+
+
+def _assert_same_model(a, b, rtol=1e-5, atol=1e-6):
+  for x, y in zip(a.model.variables, b.model.variables):
+    np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=rtol, atol=atol, err_msg=x.path)
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+  return engine.create_strategy(engine.Config(model_dir="unused", strategy="mirrored",
+                                              num_cpu_devices=2))
+
+
+def test_two_replicas_train_and_evaluate_like_one_device(tmp_path, mirrored):
+  one = _trainer(tmp_path, "one")
+  two = _trainer(tmp_path, "two", mirrored, strategy="mirrored", num_cpu_devices=2)
+  assert two.strategy.num_replicas_in_sync == 2
+  _same_start(one, two)
+  train = _data().batch(16, drop_remainder=True).repeat()
+  one_results = one.train(train, steps=5)
+  two_results = two.train(train, steps=5)
+  assert one_results.keys() == two_results.keys()
+  for key in one_results:
+    np.testing.assert_allclose(two_results[key], one_results[key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  _assert_same_model(one, two)
+  evaluation = _data(seed=1).batch(16, drop_remainder=True)
+  one_eval, two_eval = one.evaluate(evaluation), two.evaluate(evaluation)
+  for key in one_eval:
+    np.testing.assert_allclose(two_eval[key], one_eval[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  # The loop is traced once; MirroredStrategy traces the replica step once per device.
+  assert two.trace_counts["train_loop"] == 1 and two.trace_counts["gradients"] == 2
+  two.train(train, steps=10)
+  assert two.trace_counts["train_loop"] == 1 and two.trace_counts["gradients"] == 2
+
+
+def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(tmp_path, mirrored):
+  whole = _trainer(tmp_path, "whole")
+  micro = _trainer(tmp_path, "micro", accumulation_steps=4)
+  _same_start(whole, micro)
+  train = _data().batch(32, drop_remainder=True).repeat()
+  whole.train(train, steps=3)
+  micro.train(train, steps=3)
+  _assert_same_model(whole, micro)
+  one = _trainer(tmp_path, "one")  # And 2 replicas x 2 micro-batches of 8 each.
+  both = _trainer(tmp_path, "both", mirrored, strategy="mirrored", num_cpu_devices=2,
+                  accumulation_steps=2)
+  _same_start(one, both)
+  one.train(train, steps=3)
+  both.train(train, steps=3)
+  _assert_same_model(one, both)
+
+
+def test_clipping_scales_the_update_by_clip_norm_over_the_global_norm(tmp_path, mirrored):
+  sgd = lambda: keras.optimizers.SGD(0.1)
+  free = _trainer(tmp_path, "free", optimizer=sgd)
+  clipped = _trainer(tmp_path, "clipped", optimizer=sgd, clip_norm=0.05)
+  clipped2 = _trainer(tmp_path, "clipped2", mirrored, optimizer=sgd, strategy="mirrored",
+                      num_cpu_devices=2, clip_norm=0.05)
+  _same_start(free, clipped)
+  _same_start(free, clipped2)
+  start = [v.numpy() for v in free.model.trainable_variables]
+  train = _data().batch(16, drop_remainder=True).repeat()
+  norm = free.train(train, steps=1) and float(free._gradient_norm.result())
+  clipped.train(train, steps=1)
+  clipped2.train(train, steps=1)
+  assert norm > 0.05
+  for s, f, c, c2 in zip(start, free.model.trainable_variables, clipped.model.trainable_variables,
+                         clipped2.model.trainable_variables):
+    expected = s + (f.numpy() - s) * 0.05 / norm
+    np.testing.assert_allclose(c.numpy(), expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(c2.numpy(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_a_model_made_outside_the_scope_of_a_multi_replica_strategy_is_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"runs 2 replicas: create the trunk, heads, optimizer "
+                                       r"and Trainer inside its scope"):
+    _trainer(tmp_path, "outside", strategy="mirrored", num_cpu_devices=2)
+
+
+def test_an_optimizer_made_outside_the_scope_is_refused(tmp_path, mirrored):
+  optimizer = keras.optimizers.Adam()
+  with pytest.raises(ValueError, match=r"optimizer was created outside the strategy's scope"):
+    _trainer(tmp_path, "opt", mirrored, optimizer=lambda: optimizer)
+
+
+def test_a_global_batch_that_does_not_split_evenly_names_the_sizes(tmp_path, mirrored):
+  two = _trainer(tmp_path, "odd", mirrored, accumulation_steps=2)
+  with pytest.raises(ValueError, match=r"global batch size \(18\) must divide into 2 replica\(s\) "
+                                       r"x accumulation_steps=2 .* multiple of 4"):
+    two.train(_data().batch(18, drop_remainder=True).repeat(), steps=1)
+  with pytest.raises(ValueError, match=r"need a static size: batch the dataset with drop_remainder"):
+    two.train(_data().batch(16).repeat(), steps=1)
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("mirrored", {}, r"--strategy=mirrored needs GPUs, or --num_cpu_devices=N"),
+    ("tpu", {}, r"--strategy=tpu: this machine has no TPU attached"),
+    ("multi_worker", {}, r"--strategy=multi_worker needs TF_CONFIG"),
+    ("gpu", {}, r"--strategy must be one of"),
+    ("mirrored", {"num_cpu_devices": 3}, r"--num_cpu_devices=3: TensorFlow has already "
+                                         r"initialised 2 logical CPU"),
+])
+def test_missing_hardware_gives_a_clear_error(name, kwargs, message, monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ValueError, match=message):
+    engine.distribution.create_strategy(name, **kwargs)
