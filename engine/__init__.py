@@ -2,6 +2,7 @@
 
 from engine import data
 from engine import distribution
+from engine import precision
 from engine import progress
 from engine.config import Config
 from engine.distribution import create_strategy as _create_strategy

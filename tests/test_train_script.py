@@ -111,3 +111,24 @@ def test_bad_flags_are_named_in_the_error(tmp_path, flag, message):
   result = _run(f"--model_dir={tmp_path}", flag, timeout=120)
   assert result.returncode != 0
   assert re.search(message, result.stderr), result.stderr[-2000:]
+
+
+def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(tmp_path):
+  model_dir = str(tmp_path / "model")
+  result = _run(f"--model_dir={model_dir}", "--strategy=mirrored", "--num_cpu_devices=2",
+                "--precision=mixed_bfloat16", "--accumulation_steps=2", "--clip_norm=5",
+                "--train_steps=600", "--steps_per_loop=200")
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = _final_eval(model_dir)
+  assert metrics["digit/accuracy"] > 0.6 and metrics["parity/accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--strategy=mirrored"], r"--strategy=mirrored needs GPUs, or --num_cpu_devices=N"),
+    (["--precision=float8"], r"flag --precision=float8: value should be one of"),
+    (["--strategy=tpu"], r"--strategy=tpu: this machine has no TPU attached"),
+])
+def test_distribution_flags_name_what_is_missing(tmp_path, flags, message):
+  result = _run(f"--model_dir={tmp_path}", *flags, timeout=120)
+  assert result.returncode != 0
+  assert re.search(message, result.stderr), result.stderr[-2000:]

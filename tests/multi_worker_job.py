@@ -1,0 +1,56 @@
+"""One worker of the multi-worker test (run by test_multi_worker.py, not by pytest).
+
+    TF_CONFIG=... python tests/multi_worker_job.py OUTPUT.npz MODEL_DIR
+
+Trains the shared model for STEPS steps under MultiWorkerMirroredStrategy
+and saves its initial and final weights.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
+
+import engine
+import heads
+
+STEPS = 5
+GLOBAL_BATCH = 32
+
+
+def make_trainer(model_dir, config_args=None):
+  return engine.Trainer(
+      trunk=keras.Sequential([keras.layers.Dense(16, activation="relu")]),
+      heads=heads.parse_heads(engine.data.DEMO_HEADS),
+      optimizer=keras.optimizers.Adam(0.01),
+      config=engine.Config(model_dir=model_dir, steps_per_loop=STEPS, seed=0,
+                           **(config_args or {})))
+
+
+def dataset():
+  """Global batches; parity labels absent (weight 0) on every third example."""
+  x, labels = engine.data.synthetic_arrays("train", 256)
+  weights = {"parity": np.where(np.arange(256) % 3 == 0, 0.0, 1.0).astype(np.float32)}
+  return tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(
+      GLOBAL_BATCH, drop_remainder=True).repeat()
+
+
+def main(output, model_dir):
+  strategy = engine.create_strategy(engine.Config(model_dir=model_dir, strategy="multi_worker"))
+  with strategy.scope():
+    trainer = make_trainer(model_dir, {"strategy": "multi_worker"})
+  trainer.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
+  initial = [v.numpy() for v in trainer.model.trainable_variables]
+  results = trainer.train(dataset(), steps=STEPS)
+  final = [v.numpy() for v in trainer.model.trainable_variables]
+  examples = float(trainer._examples.result()) / STEPS  # pylint: disable=protected-access
+  np.savez(output, *initial, *final, loss=results["loss"], examples_per_step=examples,
+           replicas=trainer.strategy.num_replicas_in_sync)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2])
