@@ -8,6 +8,7 @@ they can be created under its scope:
       trainer = engine.Trainer(trunk=..., heads=..., optimizer=..., config=config)
 """
 
+import functools
 import json
 import os
 
@@ -76,9 +77,9 @@ def create_strategy(name: str = "auto", tpu: str = "", num_cpu_devices: int = 0)
     return tf.distribute.OneDeviceStrategy(device)
   if name == "mirrored":
     if tf.config.list_physical_devices("GPU"):
-      return tf.distribute.MirroredStrategy()
+      return _mirrored(None)
     if num_cpu_devices > 1:
-      return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_cpu_devices)])
+      return _mirrored(tuple(f"/cpu:{i}" for i in range(num_cpu_devices)))
     raise ValueError(
         "--strategy=mirrored needs GPUs, or --num_cpu_devices=N (N >= 2) logical CPU "
         "devices for testing; this machine has no GPU and num_cpu_devices="
@@ -90,8 +91,21 @@ def create_strategy(name: str = "auto", tpu: str = "", num_cpu_devices: int = 0)
           "--strategy=multi_worker needs TF_CONFIG set to JSON with a 'cluster' holding "
           "a 'worker' list and this process's 'task' ({'type': 'worker', 'index': i}); "
           f"received TF_CONFIG={os.environ.get('TF_CONFIG')!r}.")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker()
   return _tpu_strategy(tpu)
+
+
+# One strategy per device set and process: two MirroredStrategy objects over
+# the same devices collide on collective-op instance keys ("Shape mismatch in
+# the collective instance"), and MultiWorkerMirroredStrategy may exist once.
+@functools.lru_cache(maxsize=None)
+def _mirrored(devices):
+  return tf.distribute.MirroredStrategy(list(devices) if devices else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _multi_worker():
+  return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def _tpu_strategy(tpu: str):

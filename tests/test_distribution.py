@@ -161,3 +161,9 @@ def test_missing_hardware_gives_a_clear_error(name, kwargs, message, monkeypatch
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match=message):
     engine.distribution.create_strategy(name, **kwargs)
+
+
+def test_the_same_devices_give_the_same_strategy(mirrored):
+  again = engine.create_strategy(engine.Config(model_dir="unused", strategy="mirrored",
+                                               num_cpu_devices=2))
+  assert again is mirrored  # Two would collide on collective-op instance keys.
