@@ -167,3 +167,15 @@ def test_the_same_devices_give_the_same_strategy(mirrored):
   again = engine.create_strategy(engine.Config(model_dir="unused", strategy="mirrored",
                                                num_cpu_devices=2))
   assert again is mirrored  # Two would collide on collective-op instance keys.
+
+
+def test_xla_stays_on_for_the_gradients_under_mirrored(tmp_path, mirrored):
+  two = _trainer(tmp_path, "xla", mirrored)
+  train = _data().batch(16, drop_remainder=True).repeat()
+  two.train(train, steps=1)
+  iterator = iter(mirrored.experimental_distribute_dataset(train))
+  graph = two._train_loop.get_concrete_function(iterator, tf.constant(1)).graph  # pylint: disable=protected-access
+  compiled = [function.signature.name for function in graph.as_graph_def().library.function
+              if function.attr["_XlaMustCompile"].b]
+  assert any("gradients" in name for name in compiled), compiled
+  assert two.trace_counts["train_loop"] == 1  # Looking did not retrace.
