@@ -85,6 +85,10 @@ def test_two_replicas_train_and_evaluate_like_one_device(tmp_path, mirrored):
   for key in one_eval:
     np.testing.assert_allclose(two_eval[key], one_eval[key], rtol=1e-5, atol=1e-6, err_msg=key)
   # The loop is traced once; MirroredStrategy traces the replica step once per device.
+  x = np.random.default_rng(3).normal(size=(4, _TIME, _WIDTH)).astype(np.float32)
+  for head, outputs in one.predict(x).items():
+    for key, value in outputs.items():
+      np.testing.assert_allclose(two.predict(x)[head][key], value, rtol=1e-5, atol=1e-6)
   assert two.trace_counts["train_loop"] == 1 and two.trace_counts["gradients"] == 2
   two.train(train, steps=10)
   assert two.trace_counts["train_loop"] == 1 and two.trace_counts["gradients"] == 2
@@ -179,3 +183,12 @@ def test_xla_stays_on_for_the_gradients_under_mirrored(tmp_path, mirrored):
               if function.attr["_XlaMustCompile"].b]
   assert any("gradients" in name for name in compiled), compiled
   assert two.trace_counts["train_loop"] == 1  # Looking did not retrace.
+
+
+def test_auto_picks_what_the_machine_and_cluster_have(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  assert engine.distribution._resolve_auto(0) == "one_device"  # pylint: disable=protected-access
+  assert engine.distribution._resolve_auto(2) == "mirrored"  # pylint: disable=protected-access
+  monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+  assert engine.distribution._resolve_auto(0) == "multi_worker"  # pylint: disable=protected-access
