@@ -9,8 +9,9 @@ called. Each step runs `strategy.run` on one replica's batch:
    the weight sum of the global batch;
 3. `engine.step.gradients` (XLA-compiled) computes gradients from variable
    values through Keras's `stateless_call`;
-4. the gradients are all-reduced, unscaled, checked for finiteness and
-   clipped by their global norm, then applied by the Keras optimizer.
+4. `engine.update` all-reduces the gradients, unscales them, checks them
+   for finiteness and clips them by their global norm, then the Keras
+   optimizer applies them.
 
 On one replica, steps 2-4 are one XLA program. On several, XLA compiles
 step 3 only: XLA cannot update MirroredVariables from a replica nor
@@ -32,6 +33,7 @@ from engine import precision as precision_lib
 from engine import progress
 from engine import step as step_lib
 from engine import summaries as summaries_lib
+from engine import update as update_lib
 from engine import validation
 from engine.config import Config
 
@@ -130,6 +132,9 @@ class Trainer:
       self.optimizer.build(self.model.trainable_variables)
     self._check_checkpoint_covers_model()
     self._features_spec = features_spec
+    self._update = update_lib.GradientUpdate(
+        self.optimizer, self.model.trainable_variables, self._replicas, self.config.clip_norm,
+        self.skipped_steps, self._gradient_norm)
     latest = self._manager.latest_checkpoint
     if latest:
       try:
@@ -283,15 +288,16 @@ class Trainer:
   def _train_step_fn(self, batch):
     self.trace_counts["train_step"] += 1
     _, labels, weights = batch
-    weight_sums = self._all_reduce(step_lib.local_weight_sums(self.heads, labels, weights))
-    loss_scale = (tf.cast(self.optimizer.dynamic_scale, tf.float32) if self._loss_scaled
-                  else tf.constant(1.0))
+    weight_sums = update_lib.all_reduce_sum(
+        step_lib.local_weight_sums(self.heads, labels, weights), self._replicas)
+    loss_scale = self._update.loss_scale()
     non_trainable = [v.value for v in self.model.non_trainable_variables]
     gradients, new_non_trainable, total, terms, logits = self._gradients(
         [v.value for v in self.model.trainable_variables], non_trainable, batch, weight_sums,
         loss_scale)
-    self._assign_changed(self.model.non_trainable_variables, non_trainable, new_non_trainable)
-    self._apply_gradients(gradients, loss_scale)
+    update_lib.assign_changed(self.model.non_trainable_variables, non_trainable,
+                              new_non_trainable, self._replicas)
+    self._update.apply(gradients, loss_scale)
     self._update_metrics(terms, labels, logits, weights)
     return total
 
@@ -316,102 +322,6 @@ class Trainer:
     self.trace_counts["predict"] += 1
     logits = self.model(features, training=False)
     return {head.name: head.predict(logits[head.name]) for head in self.heads}
-
-  # --- inside a replica, outside XLA when there are several -------------------
-
-  def _all_reduce(self, values):
-    if self._replicas == 1:
-      return values
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
-
-  def _apply_gradients(self, gradients, loss_scale):
-    """Unscales, checks, clips and applies this replica's gradients.
-
-    The global norm, finiteness and clipping are decided on the all-reduced
-    gradients, identical on every replica. Keras 3 cannot do this itself: its
-    LossScaleOptimizer checks only the first replica's local gradients, and
-    `global_clipnorm` clips each replica's local gradients before summing.
-    Each replica then hands the optimizer its local gradients times the
-    common factor; the optimizer's own SUM all-reduce gives the exact update.
-    """
-    reduced = self._all_reduce(gradients)
-    norm = tf.linalg.global_norm(reduced) / loss_scale
-    finite = tf.math.is_finite(norm)
-    factor = 1.0 / loss_scale
-    if self.config.clip_norm:
-      factor *= tf.minimum(1.0, self.config.clip_norm / tf.where(finite, norm, 1.0))
-    if self._loss_scaled or self.config.clip_norm:
-      local = [g * tf.cast(factor, g.dtype) for g in gradients]
-    else:
-      local = gradients
-    self._gradient_norm.update_state(tf.where(finite, norm, 0.0), tf.cast(finite, tf.float32))
-    if self._replicas == 1:
-      self._apply_or_skip(local, finite)
-    else:
-      tf.distribute.get_replica_context().merge_call(self._apply_cross_replica,
-                                                     args=(local, finite))
-
-  def _apply_cross_replica(self, strategy, local, finite):
-    finite = strategy.experimental_local_results(finite)[0]  # The same on every replica.
-    def apply():
-      strategy.extended.call_for_each_replica(self._inner_apply, args=(local,))
-      return tf.constant(True)
-    tf.cond(finite, apply, self._on_non_finite)
-    if self._loss_scaled:
-      tf.cond(finite, self._grow_loss_scale, lambda: tf.constant(True))
-
-  def _apply_or_skip(self, local, finite):
-    if not self._loss_scaled:
-      self._inner_apply(local)
-      return
-    def apply():
-      self._inner_apply(local)
-      return self._grow_loss_scale()
-    tf.cond(finite, apply, self._on_non_finite)
-
-  def _inner_apply(self, gradients):
-    optimizer = self.optimizer.inner_optimizer if self._loss_scaled else self.optimizer
-    optimizer.apply(gradients, self.model.trainable_variables)
-
-  def _grow_loss_scale(self):
-    """LossScaleOptimizer's rule: double the scale after `dynamic_growth_steps` finite steps."""
-    optimizer = self.optimizer
-    at_growth = tf.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1)
-    optimizer.dynamic_scale.assign(tf.where(at_growth, optimizer.dynamic_scale * 2.0,
-                                            optimizer.dynamic_scale))
-    optimizer.step_counter.assign(tf.where(at_growth, tf.zeros_like(optimizer.step_counter),
-                                           optimizer.step_counter + 1))
-    return tf.constant(True)
-
-  def _on_non_finite(self):
-    """A step whose gradients are not finite: skipped, and the loss scale halved."""
-    if self._loss_scaled:
-      self.optimizer.step_counter.assign(tf.zeros_like(self.optimizer.step_counter))
-      self.optimizer.dynamic_scale.assign(self.optimizer.dynamic_scale * 0.5)
-    self.skipped_steps.assign_add(1)
-    return tf.constant(False)
-
-  def _assign_changed(self, variables, old_values, new_values):
-    """Writes back non-trainable state the step changed (BatchNorm statistics, RNG state).
-
-    Values the step left alone come back as the same tensors and are
-    skipped. With several replicas, float state is averaged over replicas.
-    """
-    changed = [(variable, new) for variable, old, new in zip(variables, old_values, new_values)
-               if new is not old]
-    if not changed:
-      return
-    if self._replicas == 1:
-      for variable, value in changed:
-        variable.assign(value)
-      return
-    context = tf.distribute.get_replica_context()
-    values = [context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
-              if value.dtype.is_floating else value for _, value in changed]
-    def assign(strategy, values):
-      for (variable, _), value in zip(changed, values):
-        strategy.extended.update(variable.value, lambda v, x: v.assign(x), args=(value,))
-    context.merge_call(assign, args=(values,))
 
   def _update_metrics(self, terms, labels, logits, weights):
     for head in self.heads:

@@ -117,7 +117,7 @@ def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(tmp_pat
   model_dir = str(tmp_path / "model")
   result = _run(f"--model_dir={model_dir}", "--strategy=mirrored", "--num_cpu_devices=2",
                 "--precision=mixed_bfloat16", "--accumulation_steps=2", "--clip_norm=5",
-                "--train_steps=600", "--steps_per_loop=200")
+                "--train_steps=300", "--steps_per_loop=100")
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = _final_eval(model_dir)
   assert metrics["digit/accuracy"] > 0.6 and metrics["parity/accuracy"] > 0.6
