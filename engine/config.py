@@ -6,6 +6,8 @@ from typing import Optional
 from engine.distribution import STRATEGIES
 from engine.precision import PRECISIONS
 
+NONFINITE_POLICIES = ("raise", "skip")
+
 
 @dataclasses.dataclass
 class Config:
@@ -34,6 +36,10 @@ class Config:
       over replicas); None does not clip.
     accumulation_steps: cut each replica's batch into this many micro-batches
       run one after the other; the update equals that of the whole batch.
+    nonfinite: what a step whose loss or gradients are not finite does. Both
+      policies leave the weights untouched; "raise" then stops with an error
+      naming the heads and the step, "skip" counts it per head and goes on.
+      (An overflow under mixed_float16 loss scaling is always skipped.)
   """
 
   model_dir: str
@@ -50,6 +56,7 @@ class Config:
   num_cpu_devices: int = 0
   clip_norm: Optional[float] = None
   accumulation_steps: int = 1
+  nonfinite: str = "raise"
 
   def __post_init__(self):
     if not isinstance(self.model_dir, str) or not self.model_dir:
@@ -71,6 +78,9 @@ class Config:
     if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float))
                                            and self.clip_norm > 0):
       raise ValueError(f"clip_norm must be > 0 or None; received {self.clip_norm!r}.")
+    if self.nonfinite not in NONFINITE_POLICIES:
+      raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; received "
+                       f"{self.nonfinite!r}.")
     if self.strategy == "tpu" and self.precision == "mixed_float16":
       raise ValueError("precision='mixed_float16' is for GPUs; on TPUs use 'mixed_bfloat16'.")
     if not isinstance(self.jit_compile, bool):

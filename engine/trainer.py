@@ -78,6 +78,10 @@ class Trainer:
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      # Per head, in head order: steps skipped because that head's loss was not finite.
+      self.nonfinite_losses = tf.Variable(
+          tf.zeros([len(self.heads)], tf.int64), trainable=False, name="nonfinite_losses",
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self._head_losses = {head.name: keras.metrics.Mean(name=f"{head.name}/loss")
                            for head in self.heads}
       self._gradient_norm = keras.metrics.Mean(name="gradient_norm")
@@ -87,7 +91,7 @@ class Trainer:
     self._checkpoint = tf.train.Checkpoint(
         trunk=self.model.trunk, heads={head.name: head for head in self.heads},
         optimizer=self.optimizer, global_step=self.global_step,
-        skipped_steps=self.skipped_steps)
+        skipped_steps=self.skipped_steps, nonfinite_losses=self.nonfinite_losses)
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
         step_counter=self.global_step)
@@ -134,7 +138,7 @@ class Trainer:
     self._features_spec = features_spec
     self._update = update_lib.GradientUpdate(
         self.optimizer, self.model.trainable_variables, self._replicas, self.config.clip_norm,
-        self.skipped_steps, self._gradient_norm)
+        self.skipped_steps, self.nonfinite_losses, self._gradient_norm)
     latest = self._manager.latest_checkpoint
     if latest:
       try:
@@ -170,6 +174,7 @@ class Trainer:
     while self.step < steps:
       num_steps = self._loop_length(self.step, steps)
       self._reset_metrics()
+      counts_before = self.nonfinite_losses.numpy(), int(self.skipped_steps.numpy())
       start = time.perf_counter()
       try:
         done = self._run_loop(self._train_loop, iterator, num_steps)
@@ -184,12 +189,16 @@ class Trainer:
                  "gradient_norm": float(self._gradient_norm.result()),
                  "steps_per_second": steps_per_second,
                  "examples_per_second": float(self._examples.result()) / seconds}
+      scalars["skipped_steps"] = float(self.skipped_steps.numpy())
+      for head, count in zip(self.heads, self.nonfinite_losses.numpy()):
+        scalars[f"{head.name}/nonfinite_steps"] = float(count)
       if self._loss_scaled:
         scalars["loss_scale"] = float(tf.convert_to_tensor(self.optimizer.dynamic_scale))
-        scalars["skipped_steps"] = float(self.skipped_steps.numpy())
       self._summaries.write_scalars("train", scalars, self.step)
       logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
                                        steps_per_second))
+      if done < num_steps and self.config.nonfinite == "raise":
+        self._raise_if_nonfinite(counts_before)
       if done < num_steps:
         self._save()
         raise ValueError(
@@ -253,9 +262,12 @@ class Trainer:
       element = iterator.get_next_as_optional()
       if not element.has_value():
         break
-      losses = self.strategy.run(self._replica_train_step, args=(element.get_value(),))
-      with tf.control_dependencies(self.strategy.experimental_local_results(losses)):
-        self.global_step.assign_add(1)  # Count only steps that were applied.
+      healthy = self.strategy.experimental_local_results(
+          self.strategy.run(self._replica_train_step, args=(element.get_value(),)))[0]
+      if self.config.nonfinite == "raise" and not healthy:
+        break  # The host raises, naming the heads; the bad step is not counted.
+      with tf.control_dependencies([healthy]):  # After the step's update.
+        self.global_step.assign_add(1)
       done += 1
     return done
 
@@ -297,9 +309,10 @@ class Trainer:
         loss_scale)
     update_lib.assign_changed(self.model.non_trainable_variables, non_trainable,
                               new_non_trainable, self._replicas)
-    self._update.apply(gradients, loss_scale)
+    healthy = self._update.apply(gradients, loss_scale,
+                                 [terms[head.name][0] for head in self.heads])
     self._update_metrics(terms, labels, logits, weights)
-    return total
+    return healthy
 
   def _gradients_fn(self, trainable, non_trainable, batch, weight_sums, loss_scale):
     self.trace_counts["gradients"] += 1
@@ -398,11 +411,35 @@ class Trainer:
         raise
       raise translated from None
 
+  def _raise_if_nonfinite(self, counts_before):
+    """After a loop stopped early: raises if it stopped on a non-finite step."""
+    head_counts, skipped = counts_before
+    bad = [head.name for head, before, after in
+           zip(self.heads, head_counts, self.nonfinite_losses.numpy()) if after > before]
+    if not bad and int(self.skipped_steps.numpy()) == skipped:
+      return  # The data ended instead.
+    self._save()  # The steps before; the bad one was not applied.
+    what = (f"the loss of head(s) {bad}" if bad
+            else "the gradients (every head's loss was finite)")
+    raise ValueError(
+        f"At step {self.step + 1}, {what} became NaN or infinite. The step was not "
+        f"applied and training stopped at step {self.step} (saved). Look at that "
+        "batch, or lower the learning rate; --nonfinite=skip skips such steps instead.")
+
   def _save(self):
-    """Saves a checkpoint at the current step unless one exists for it."""
+    """Saves a checkpoint at the current step unless one exists for it.
+
+    Never writes non-finite weights: a resumed run would only fail again.
+    """
     latest = self._manager.latest_checkpoint
-    if self.step > 0 and (latest is None or not latest.endswith(f"-{self.step}")):
-      self._manager.save(checkpoint_number=self.step)
+    if self.step == 0 or (latest is not None and latest.endswith(f"-{self.step}")):
+      return
+    broken = [v.path for v in self.model.trainable_variables
+              if not tf.reduce_all(tf.math.is_finite(v.value)).numpy()]
+    if broken:
+      raise ValueError(f"Not writing a checkpoint at step {self.step}: these weights are NaN "
+                       f"or infinite: {broken}. The previous checkpoint is {latest}.")
+    self._manager.save(checkpoint_number=self.step)
 
   def _reset_metrics(self):
     for metric in [*self._head_losses.values(), self._gradient_norm, self._examples]:

@@ -54,16 +54,20 @@ class GradientUpdate:
     replicas: the strategy's number of replicas in sync.
     clip_norm: clip to this global norm, or None.
     skipped_steps: an int64 variable counting skipped steps.
+    nonfinite_losses: an int64 variable [heads] counting, per head, the steps
+      whose loss was not finite.
     gradient_norm: a Keras Mean metric of the (unscaled, reduced) norm.
   """
 
-  def __init__(self, optimizer, variables, replicas, clip_norm, skipped_steps, gradient_norm):
+  def __init__(self, optimizer, variables, replicas, clip_norm, skipped_steps,
+               nonfinite_losses, gradient_norm):
     self._optimizer = optimizer
     self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     self._variables = variables
     self._replicas = replicas
     self._clip_norm = clip_norm
     self._skipped_steps = skipped_steps
+    self._nonfinite_losses = nonfinite_losses
     self._gradient_norm = gradient_norm
 
   def loss_scale(self):
@@ -72,11 +76,23 @@ class GradientUpdate:
       return tf.cast(self._optimizer.dynamic_scale, tf.float32)
     return tf.constant(1.0)
 
-  def apply(self, gradients, loss_scale):
-    """Applies this replica's (scaled, local) gradients of its share of the loss."""
+  def apply(self, gradients, loss_scale, head_losses):
+    """Applies this replica's (scaled, local) gradients of its share of the loss.
+
+    `head_losses` are this replica's per-head loss sums. A step is applied
+    only if every head's loss (on every replica) and the reduced gradients
+    are finite; otherwise the weights stay untouched and it is counted.
+    Returns whether the step was healthy (the same on every replica): every
+    head's loss finite, and the gradients finite unless loss scaling is on
+    (an overflow there is routine: the step is skipped and the scale lowered).
+    """
+    bad_heads = all_reduce_sum(
+        tf.cast(tf.logical_not(tf.math.is_finite(tf.stack(head_losses))), tf.float32),
+        self._replicas) > 0
     reduced = all_reduce_sum(gradients, self._replicas)
     norm = tf.linalg.global_norm(reduced) / loss_scale
-    finite = tf.math.is_finite(norm)
+    losses_finite = tf.logical_not(tf.reduce_any(bad_heads))
+    finite = tf.logical_and(tf.math.is_finite(norm), losses_finite)
     self._gradient_norm.update_state(tf.where(finite, norm, 0.0), tf.cast(finite, tf.float32))
     local = gradients
     if self._loss_scaled or self._clip_norm:
@@ -85,28 +101,28 @@ class GradientUpdate:
         factor *= tf.minimum(1.0, self._clip_norm / tf.where(finite, norm, 1.0))
       local = [g * tf.cast(factor, g.dtype) for g in gradients]
     if self._replicas == 1:
-      self._apply_or_skip(local, finite)
+      self._apply_or_skip(local, finite, bad_heads)
     else:
       tf.distribute.get_replica_context().merge_call(self._apply_cross_replica,
-                                                     args=(local, finite))
+                                                     args=(local, finite, bad_heads))
+    return losses_finite if self._loss_scaled else finite
 
-  def _apply_cross_replica(self, strategy, local, finite):
-    finite = strategy.experimental_local_results(finite)[0]  # The same on every replica.
+  def _apply_cross_replica(self, strategy, local, finite, bad_heads):
+    # Both are all-reduced, so every replica holds the same values.
+    finite = strategy.experimental_local_results(finite)[0]
+    bad_heads = strategy.experimental_local_results(bad_heads)[0]
     def apply():
       strategy.extended.call_for_each_replica(self._inner_apply, args=(local,))
       return tf.constant(True)
-    tf.cond(finite, apply, self._on_non_finite)
+    tf.cond(finite, apply, lambda: self._on_non_finite(bad_heads))
     if self._loss_scaled:
       tf.cond(finite, self._grow_loss_scale, lambda: tf.constant(True))
 
-  def _apply_or_skip(self, local, finite):
-    if not self._loss_scaled:
-      self._inner_apply(local)
-      return
+  def _apply_or_skip(self, local, finite, bad_heads):
     def apply():
       self._inner_apply(local)
-      return self._grow_loss_scale()
-    tf.cond(finite, apply, self._on_non_finite)
+      return self._grow_loss_scale() if self._loss_scaled else tf.constant(True)
+    tf.cond(finite, apply, lambda: self._on_non_finite(bad_heads))
 
   def _inner_apply(self, gradients):
     optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
@@ -122,8 +138,9 @@ class GradientUpdate:
                                            optimizer.step_counter + 1))
     return tf.constant(True)
 
-  def _on_non_finite(self):
-    """A step whose gradients are not finite: skipped, and the loss scale halved."""
+  def _on_non_finite(self, bad_heads):
+    """A step whose losses or gradients are not finite: skipped, the loss scale halved."""
+    self._nonfinite_losses.assign_add(tf.cast(bad_heads, tf.int64))
     if self._loss_scaled:
       self._optimizer.step_counter.assign(tf.zeros_like(self._optimizer.step_counter))
       self._optimizer.dynamic_scale.assign(self._optimizer.dynamic_scale * 0.5)

@@ -52,10 +52,15 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", 0, "Split the CPU into this many logical devices (to test mirrored).",
     lower_bound=0)
 _CLIP_NORM = flags.DEFINE_float(
-    "clip_norm", None, "Clip gradients to this global norm (over all replicas).", lower_bound=0.0)
+    "clip_norm", None, "Clip gradients to this global norm (over all replicas); unset or 0: "
+    "no clipping.", lower_bound=0.0)
 _ACCUMULATION_STEPS = flags.DEFINE_integer(
     "accumulation_steps", 1, "Micro-batches per replica batch; the update equals the whole "
     "batch's.", lower_bound=1)
+_NONFINITE = flags.DEFINE_enum(
+    "nonfinite", "raise", ["raise", "skip"],
+    "A step whose loss or gradients are NaN/Inf is never applied; raise: stop naming the "
+    "heads and the step; skip: count it per head (TensorBoard) and go on.")
 _NUM_FEATURES = flags.DEFINE_integer(
     "num_features", engine.data.NUM_FEATURES, "Length of the `features` float list in TFRecords.",
     lower_bound=1)
@@ -77,7 +82,8 @@ def main(argv):
       checkpoint_every=_CHECKPOINT_EVERY.value, eval_every=_EVAL_EVERY.value,
       jit_compile=_JIT_COMPILE.value, seed=_SEED.value, precision=_PRECISION.value,
       strategy=_STRATEGY.value, tpu=_TPU.value, num_cpu_devices=_NUM_CPU_DEVICES.value,
-      clip_norm=_CLIP_NORM.value or None, accumulation_steps=_ACCUMULATION_STEPS.value)
+      clip_norm=_CLIP_NORM.value or None, accumulation_steps=_ACCUMULATION_STEPS.value,
+      nonfinite=_NONFINITE.value)
   strategy = engine.create_strategy(config)  # Before any other op: it may split the CPU.
   engine.set_precision(config.precision)  # Before any layer is made.
   with strategy.scope():  # Every variable, metrics' too, is made under the strategy.

@@ -71,7 +71,9 @@ def test_an_overflow_is_skipped_the_scale_halved_and_training_goes_on(tmp_path, 
   if replicas == 2:
     scope = engine.create_strategy(engine.Config(model_dir="unused", strategy="mirrored",
                                                  num_cpu_devices=2))
-  trainer = _demo_trainer(tmp_path, "mixed_float16", scope, steps_per_loop=1)
+  # Features too large for float16 overflow the forward pass: the losses are
+  # not finite either, which the default policy ("raise") would stop on.
+  trainer = _demo_trainer(tmp_path, "mixed_float16", scope, steps_per_loop=1, nonfinite="skip")
   assert trainer.strategy.num_replicas_in_sync == replicas
   # With two replicas the overflow is in replica 1's half only: replica 0's own
   # gradients are finite, yet the step must be skipped on both.
@@ -96,6 +98,22 @@ def test_an_overflow_is_skipped_the_scale_halved_and_training_goes_on(tmp_path, 
   skipped = {e.step: float(tf.make_ndarray(e.tensor_proto))
              for e in accumulator.Tensors("skipped_steps")}
   assert scales[2] == scale / 2 and skipped == {1: 0.0, 2: 1.0, 3: 1.0}
+
+
+def test_a_loss_scale_overflow_is_routine_even_under_the_raise_policy(tmp_path):
+  trainer = _demo_trainer(tmp_path, "mixed_float16", steps_per_loop=5)
+  train = engine.data.synthetic("train", 32, num_examples=256)
+  trainer.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
+  start = _weights(trainer)
+  trainer.optimizer.dynamic_scale.assign(2.0**40)  # Gradients overflow float16; losses do not.
+  trainer.train(train, steps=1)
+  assert int(trainer.skipped_steps.numpy()) == 1 and trainer.step == 1
+  assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0**39
+  assert all(np.array_equal(a, b) for a, b in zip(start, _weights(trainer)))
+  trainer.train(train, steps=60)  # The scale comes down until steps are applied again.
+  assert trainer.step == 60 and 1 < int(trainer.skipped_steps.numpy()) < 60
+  assert not all(np.array_equal(a, b) for a, b in zip(start, _weights(trainer)))
+  assert list(trainer.nonfinite_losses.numpy()) == [0, 0, 0]
 
 
 def test_layers_made_before_the_precision_was_set_are_refused(tmp_path):

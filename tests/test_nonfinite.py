@@ -1,0 +1,74 @@
+"""Non-finite losses: "raise" names the heads and the step, "skip" counts and goes on.
+
+Either way the bad step leaves the weights untouched, and no checkpoint with
+non-finite weights is written.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import engine
+from tests.conftest import dataset_of
+
+
+def _batches(bad_batch, how):
+  """Batches of 16; in batch `bad_batch`, the box target overflows MSE, or a feature is NaN."""
+  x, labels = engine.data.synthetic_arrays("train", 96)
+  rows = slice(16 * bad_batch, 16 * bad_batch + 2)
+  if how == "box":
+    labels["box"][rows] = 1e30  # Finite, so it passes the label checks; its square is not.
+  else:
+    x[rows, 0] = np.nan
+  return dataset_of(x, labels, batch_size=16, repeat=False)
+
+
+def _weights(trainer):
+  return [v.numpy() for v in trainer.model.trainable_variables]
+
+
+@pytest.mark.parametrize("how,heads", [("box", r"\['box'\]"),
+                                       ("features", r"\['digit', 'parity', 'box'\]")])
+def test_raise_names_the_heads_and_step_and_saves_only_finite_weights(make_trainer, how, heads):
+  trainer = make_trainer(steps_per_loop=10)
+  with pytest.raises(ValueError, match=rf"At step 3, the loss of head\(s\) {heads} became NaN "
+                                       r"or infinite\. The step was not applied and training "
+                                       r"stopped at step 2 \(saved\)"):
+    trainer.train(_batches(2, how), steps=6)
+  assert trainer.step == 2
+  assert all(np.all(np.isfinite(w)) for w in _weights(trainer))
+  path = tf.train.latest_checkpoint(trainer.config.model_dir)
+  assert path.endswith("ckpt-2")
+  reader = tf.train.load_checkpoint(path)
+  for name, _ in tf.train.list_variables(path):
+    value = reader.get_tensor(name)
+    if np.issubdtype(np.asarray(value).dtype, np.floating):
+      assert np.all(np.isfinite(value)), name
+
+
+def test_skip_leaves_the_weights_untouched_counts_the_head_and_goes_on(make_trainer):
+  trainer = make_trainer(steps_per_loop=1, nonfinite="skip")
+  data = _batches(2, "box")
+  trainer.train(data.take(2), steps=2)
+  before = _weights(trainer)
+  trainer.train(data.skip(2).take(1), steps=3)
+  assert trainer.step == 3 and int(trainer.skipped_steps.numpy()) == 1
+  assert list(trainer.nonfinite_losses.numpy()) == [0, 0, 1]  # digit, parity, box
+  for a, b in zip(before, _weights(trainer)):
+    np.testing.assert_array_equal(a, b)
+  trainer.train(data.skip(3), steps=6)
+  assert trainer.step == 6 and int(trainer.skipped_steps.numpy()) == 1
+  accumulator = event_accumulator.EventAccumulator(os.path.join(trainer.config.model_dir, "train"))
+  accumulator.Reload()
+  counts = {e.step: float(tf.make_ndarray(e.tensor_proto))
+            for e in accumulator.Tensors("box/nonfinite_steps")}
+  assert counts[2] == 0.0 and counts[3] == 1.0 and counts[6] == 1.0
+
+
+def test_nonfinite_policy_is_checked():
+  with pytest.raises(ValueError, match=r"nonfinite must be one of \('raise', 'skip'\); "
+                                       r"received 'ignore'"):
+    engine.Config(model_dir="x", nonfinite="ignore")
