@@ -139,16 +139,34 @@ class Trainer:
     self._update = update_lib.GradientUpdate(
         self.optimizer, self.model.trainable_variables, self._replicas, self.config.clip_norm,
         self.skipped_steps, self.nonfinite_losses, self._gradient_norm)
-    latest = self._manager.latest_checkpoint
-    if latest:
+    self._restore_latest_readable()
+
+  def _restore_latest_readable(self):
+    """Restores the newest checkpoint that can be read, warning about damaged newer ones.
+
+    A truncated or missing file (a crash while saving, a full disk) makes
+    TensorFlow raise a data-loss or not-found error: the next older
+    checkpoint is tried. A checkpoint of another model is not damage: it
+    stops with an error saying so.
+    """
+    for path in reversed(self._manager.checkpoints):
       try:
-        self._checkpoint.restore(latest).assert_existing_objects_matched()
+        self._checkpoint.restore(path).assert_existing_objects_matched()
+      except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+              IndexError) as error:  # A truncated data file: "Read less bytes than requested".
+        logging.warning("Checkpoint %s is damaged and was skipped (%s): %s", path,
+                        type(error).__name__, str(error).splitlines()[0])
+        continue
       except (ValueError, AssertionError) as error:
         raise ValueError(
-            f"Cannot restore the checkpoint {latest} into this model: {error} "
+            f"Cannot restore the checkpoint {path} into this model: {error} "
             "Was it written for other heads or shapes? Use a new model_dir, or "
             "the same trunk and heads.") from None
-      logging.info("Restored %s at step %d.", latest, self.step)
+      logging.info("Restored %s at step %d.", path, self.step)
+      return
+    if self._manager.checkpoints:
+      logging.warning("No readable checkpoint in %s: starting from scratch.",
+                      self.config.model_dir)
 
   def train(self, dataset: tf.data.Dataset, steps: int, eval_dataset=None) -> dict:
     """Trains until the global step reaches `steps`.

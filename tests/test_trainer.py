@@ -1,6 +1,7 @@
 """The Trainer against references: hand-written steps, Keras losses, checkpoints."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -211,3 +212,24 @@ def test_each_evaluation_starts_from_reset_metrics(make_trainer, demo_batches):
   first = trainer.evaluate(evaluation)
   trainer.evaluate(other)
   assert trainer.evaluate(evaluation) == first
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_readable_one(make_trainer, tmp_path,
+                                                                           demo_batches, caplog):
+  first = make_trainer(model_dir=tmp_path / "run", checkpoint_every=4, max_checkpoints=5)
+  first.train(demo_batches[0], steps=4)
+  weights_at_4 = [v.numpy() for v in first.model.variables]
+  first.train(demo_batches[0], steps=8)
+  data_file = tf.io.gfile.glob(str(tmp_path / "run" / "ckpt-8.data-*"))[0]
+  with open(data_file, "r+b") as handle:  # A crash in the middle of writing.
+    handle.truncate(os.path.getsize(data_file) // 3)
+  second = make_trainer(model_dir=tmp_path / "run", checkpoint_every=4, max_checkpoints=5)
+  with caplog.at_level("WARNING"):
+    second.build(tf.TensorSpec([None, 32], tf.float32))
+  assert second.step == 4
+  assert re.search(r"Checkpoint .*ckpt-8 is damaged and was skipped", caplog.text)
+  for restored, saved in zip(second.model.variables, weights_at_4):
+    np.testing.assert_array_equal(restored.numpy(), saved)
+  assert not np.array_equal(first.model.variables[0].numpy(), weights_at_4[0])
+  second.train(demo_batches[0], steps=8)  # Redoes steps 5-8 and overwrites the damaged one.
+  assert second.step == 8
