@@ -7,6 +7,7 @@ from engine import progress
 from engine.config import Config
 from engine.distribution import create_strategy as _create_strategy
 from engine.precision import set_precision
+from engine.trainer import Preempted
 from engine.trainer import Trainer
 
 
@@ -15,4 +16,4 @@ def create_strategy(config: Config):
   return _create_strategy(config.strategy, config.tpu, config.num_cpu_devices)
 
 
-__all__ = ["Config", "Trainer", "create_strategy", "data", "progress", "set_precision"]
+__all__ = ["Config", "Preempted", "Trainer", "create_strategy", "data", "progress", "set_precision"]

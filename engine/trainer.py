@@ -20,6 +20,9 @@ evaluations happen on the host between loops.
 """
 
 import collections
+import contextlib
+import signal
+import threading
 import time
 
 from absl import logging
@@ -36,6 +39,21 @@ from engine import summaries as summaries_lib
 from engine import update as update_lib
 from engine import validation
 from engine.config import Config
+
+
+PREEMPTED_EXIT_CODE = 42  # As tf.distribute's PreemptionCheckpointHandler exits.
+
+
+class Preempted(SystemExit):
+  """Raised by `train` after SIGTERM, once the current step is checkpointed.
+
+  A SystemExit: uncaught, the process exits with code 42 and no traceback,
+  and the scheduler's restart resumes from the checkpoint.
+  """
+
+  def __init__(self, step):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.step = step
 
 
 class Trainer:
@@ -171,7 +189,8 @@ class Trainer:
   def train(self, dataset: tf.data.Dataset, steps: int, eval_dataset=None) -> dict:
     """Trains until the global step reaches `steps`.
 
-    `dataset` yields global batches; they are split over the replicas. A
+    On SIGTERM, finishes the loop in flight, saves a checkpoint and raises
+    `Preempted` (exit code 42). `dataset` yields global batches; they are split over the replicas. A
     rerun of the same call after a crash resumes from the latest checkpoint
     and finishes the same job. With `eval_dataset`, evaluates every
     `config.eval_every` steps (if set) and at the end, and returns the final
@@ -185,52 +204,63 @@ class Trainer:
       validation.check_element_spec(eval_dataset.element_spec, self.heads)
     self.build(features_spec)
     self._check_heads_get_logits(dataset)
-    results = {}
+    self._last_train_results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
     iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
-    while self.step < steps:
-      num_steps = self._loop_length(self.step, steps)
-      self._reset_metrics()
-      counts_before = self.nonfinite_losses.numpy(), int(self.skipped_steps.numpy())
-      start = time.perf_counter()
-      try:
-        done = self._run_loop(self._train_loop, iterator, num_steps)
-      except ValueError:
-        self._save()  # Keep the steps before the bad batch.
-        raise
-      seconds = time.perf_counter() - start
-      results = self._results()
-      steps_per_second = done / seconds
-      scalars = {**results,
-                 "learning_rate": float(tf.convert_to_tensor(self.optimizer.learning_rate)),
-                 "gradient_norm": float(self._gradient_norm.result()),
-                 "steps_per_second": steps_per_second,
-                 "examples_per_second": float(self._examples.result()) / seconds}
-      scalars["skipped_steps"] = float(self.skipped_steps.numpy())
-      for head, count in zip(self.heads, self.nonfinite_losses.numpy()):
-        scalars[f"{head.name}/nonfinite_steps"] = float(count)
-      if self._loss_scaled:
-        scalars["loss_scale"] = float(tf.convert_to_tensor(self.optimizer.dynamic_scale))
-      self._summaries.write_scalars("train", scalars, self.step)
-      logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
-                                       steps_per_second))
-      if done < num_steps and self.config.nonfinite == "raise":
-        self._raise_if_nonfinite(counts_before)
-      if done < num_steps:
-        self._save()
-        raise ValueError(
-            f"The training dataset ended at global step {self.step}, before "
-            f"reaching steps={steps}: repeat it (dataset.repeat()). The steps "
-            "trained so far were saved.")
-      if self.step % self.config.checkpoint_every == 0 or self.step == steps:
-        self._save()
-      if (eval_dataset is not None and self.config.eval_every
-          and self.step % self.config.eval_every == 0 and self.step < steps):
-        self.evaluate(eval_dataset)
+    with self._sigterm_flag() as preempted:
+      while self.step < steps:
+        if preempted:
+          self._save()
+          logging.warning("SIGTERM: saved a checkpoint at step %d; exiting with code %d.",
+                          self.step, PREEMPTED_EXIT_CODE)
+          raise Preempted(self.step)
+        self._train_one_loop(iterator, steps, eval_dataset)
     if eval_dataset is not None:
-      results = self.evaluate(eval_dataset)
-    return results
+      return self.evaluate(eval_dataset)
+    return self._last_train_results
+
+  def _train_one_loop(self, iterator, steps, eval_dataset):
+    """One compiled loop, then its summaries, progress line, checkpoint and evaluation."""
+    num_steps = self._loop_length(self.step, steps)
+    self._reset_metrics()
+    counts_before = self.nonfinite_losses.numpy(), int(self.skipped_steps.numpy())
+    start = time.perf_counter()
+    try:
+      done = self._run_loop(self._train_loop, iterator, num_steps)
+    except ValueError:
+      self._save()  # Keep the steps before the bad batch.
+      raise
+    seconds = time.perf_counter() - start
+    results = self._results()
+    steps_per_second = done / seconds
+    scalars = {**results,
+               "learning_rate": float(tf.convert_to_tensor(self.optimizer.learning_rate)),
+               "gradient_norm": float(self._gradient_norm.result()),
+               "steps_per_second": steps_per_second,
+               "examples_per_second": float(self._examples.result()) / seconds}
+    scalars["skipped_steps"] = float(self.skipped_steps.numpy())
+    for head, count in zip(self.heads, self.nonfinite_losses.numpy()):
+      scalars[f"{head.name}/nonfinite_steps"] = float(count)
+    if self._loss_scaled:
+      scalars["loss_scale"] = float(tf.convert_to_tensor(self.optimizer.dynamic_scale))
+    self._summaries.write_scalars("train", scalars, self.step)
+    logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
+                                     steps_per_second))
+    if done < num_steps and self.config.nonfinite == "raise":
+      self._raise_if_nonfinite(counts_before)
+    if done < num_steps:
+      self._save()
+      raise ValueError(
+          f"The training dataset ended at global step {self.step}, before "
+          f"reaching steps={steps}: repeat it (dataset.repeat()). The steps "
+          "trained so far were saved.")
+    if self.step % self.config.checkpoint_every == 0 or self.step == steps:
+      self._save()
+    if (eval_dataset is not None and self.config.eval_every
+        and self.step % self.config.eval_every == 0 and self.step < steps):
+      self.evaluate(eval_dataset)
+    self._last_train_results = results
 
   def evaluate(self, dataset: tf.data.Dataset, steps=None) -> dict:
     """Evaluates on `steps` batches (default `config.eval_steps`, else all).
@@ -428,6 +458,24 @@ class Trainer:
       if translated is None:
         raise
       raise translated from None
+
+  @contextlib.contextmanager
+  def _sigterm_flag(self):
+    """A list that becomes truthy when SIGTERM arrives, for the duration of `train`.
+
+    Schedulers send SIGTERM before killing a job. The flag is checked between
+    loops, so the loop in flight finishes and nothing trained is lost. Signal
+    handlers can only be set from the main thread; elsewhere this is inert.
+    """
+    flag = []
+    if threading.current_thread() is not threading.main_thread():
+      yield flag
+      return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.append(signum))
+    try:
+      yield flag
+    finally:
+      signal.signal(signal.SIGTERM, previous)
 
   def _raise_if_nonfinite(self, counts_before):
     """After a loop stopped early: raises if it stopped on a non-finite step."""

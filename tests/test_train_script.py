@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -132,3 +133,31 @@ def test_distribution_flags_name_what_is_missing(tmp_path, flags, message):
   result = _run(f"--model_dir={tmp_path}", *flags, timeout=120)
   assert result.returncode != 0
   assert re.search(message, result.stderr), result.stderr[-2000:]
+
+
+def test_sigterm_saves_the_current_step_and_exits_42_then_the_rerun_resumes(tmp_path):
+  model_dir = str(tmp_path / "model")
+  flags = [f"--model_dir={model_dir}", "--steps_per_loop=50", "--checkpoint_every=100000",
+           "--eval_every=0"]
+  process = subprocess.Popen([sys.executable, _SCRIPT, *flags, "--train_steps=1000000"],
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                             cwd=_ROOT)
+  try:
+    for line in process.stderr:  # Wait until it is training.
+      if _PROGRESS.search(line):
+        break
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == 42, stderr[-3000:]
+  saved = re.search(r"SIGTERM: saved a checkpoint at step (\d+); exiting with code 42", stderr)
+  assert saved, stderr[-3000:]
+  step = int(saved.group(1))
+  assert step >= 50 and step % 50 == 0  # Whole loops: nothing trained was lost.
+  assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{step}")
+  result = _run(*flags, f"--train_steps={step + 50}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(rf"Restored .*ckpt-{step} at step {step}", result.stderr)
+  assert [int(m.group(1)) for m in _PROGRESS.finditer(result.stderr)] == [step + 50]
