@@ -81,6 +81,7 @@ class Trainer:
       raise TypeError(
           f"optimizer must be a Keras 3 optimizer; received {type(optimizer).__name__}.")
     self.config = config
+    _check_writable(config.model_dir)
     self.strategy = self._strategy()
     self._replicas = self.strategy.num_replicas_in_sync
     with self.strategy.scope():
@@ -560,6 +561,19 @@ class Trainer:
           f"These model variables would not be saved in checkpoints: {missing}. "
           "Keep sub-layers of custom layers in plain attributes (self.dense = ...), "
           "not in lists or dicts, so that tf.train.Checkpoint can track them.")
+
+
+def _check_writable(model_dir):
+  """Fails at construction, not at the first summary or checkpoint, if model_dir is unusable."""
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    probe = tf.io.gfile.join(model_dir, ".write_test")
+    with tf.io.gfile.GFile(probe, "w") as handle:
+      handle.write("ok")
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as error:
+    raise ValueError(f"model_dir {model_dir!r} is not a writable directory: "
+                     f"{str(error).splitlines()[0]}") from None
 
 
 def _next_multiple(step, every):

@@ -233,3 +233,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_readable_one(make_
   assert not np.array_equal(first.model.variables[0].numpy(), weights_at_4[0])
   second.train(demo_batches[0], steps=8)  # Redoes steps 5-8 and overwrites the damaged one.
   assert second.step == 8
+
+
+def test_an_unwritable_model_dir_is_refused_when_the_trainer_is_made(make_trainer, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match=r"model_dir '.*a_file/run' is not a writable directory"):
+    make_trainer(model_dir=blocker / "run")
