@@ -16,4 +16,5 @@ def create_strategy(config: Config):
   return _create_strategy(config.strategy, config.tpu, config.num_cpu_devices)
 
 
-__all__ = ["Config", "Preempted", "Trainer", "create_strategy", "data", "progress", "set_precision"]
+__all__ = ["Config", "Preempted", "Trainer", "create_strategy", "data", "distribution", "precision", "progress",
+           "set_precision"]

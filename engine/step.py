@@ -15,6 +15,12 @@ def local_weight_sums(heads, labels, weights) -> dict:
       tf.convert_to_tensor(labels[head.name]), weights.get(head.name))) for head in heads}
 
 
+def loss_terms(heads, labels, logits, weights) -> dict:
+  """{head: (loss_sum, weight_sum)} over this replica's batch."""
+  return {head.name: head.loss_terms(labels[head.name], logits[head.name],
+                                     weights.get(head.name)) for head in heads}
+
+
 def total_loss(heads, labels, logits, weights, global_weight_sums):
   """`sum_h weight_h * loss_sum_h / global_weight_sum_h`, and each head's terms.
 
@@ -23,13 +29,10 @@ def total_loss(heads, labels, logits, weights, global_weight_sums):
   partial losses, and of their gradients, equal those of one device on the
   whole batch.
   """
-  total = tf.constant(0.0)
-  terms = {}
-  for head in heads:
-    loss_sum, weight_sum = head.loss_terms(labels[head.name], logits[head.name],
-                                           weights.get(head.name))
-    total += head.weight * tf.math.divide_no_nan(loss_sum, global_weight_sums[head.name])
-    terms[head.name] = (loss_sum, weight_sum)
+  terms = loss_terms(heads, labels, logits, weights)
+  total = tf.add_n([head.weight * tf.math.divide_no_nan(terms[head.name][0],
+                                                        global_weight_sums[head.name])
+                    for head in heads])
   return total, terms
 
 

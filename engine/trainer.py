@@ -205,7 +205,7 @@ class Trainer:
       validation.check_element_spec(eval_dataset.element_spec, self.heads)
     self.build(features_spec)
     self._check_heads_get_logits(dataset)
-    self._last_train_results = {}
+    results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
     iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
@@ -216,13 +216,16 @@ class Trainer:
           logging.warning("SIGTERM: saved a checkpoint at step %d; exiting with code %d.",
                           self.step, PREEMPTED_EXIT_CODE)
           raise Preempted(self.step)
-        self._train_one_loop(iterator, steps, eval_dataset)
+        results = self._train_one_loop(iterator, steps, eval_dataset)
     if eval_dataset is not None:
       return self.evaluate(eval_dataset)
-    return self._last_train_results
+    return results
 
-  def _train_one_loop(self, iterator, steps, eval_dataset):
-    """One compiled loop, then its summaries, progress line, checkpoint and evaluation."""
+  def _train_one_loop(self, iterator, steps, eval_dataset) -> dict:
+    """One compiled loop, then its summaries, progress line, checkpoint and evaluation.
+
+    Returns the loop's training results.
+    """
     num_steps = self._loop_length(self.step, steps)
     self._reset_metrics()
     counts_before = self.nonfinite_losses.numpy(), int(self.skipped_steps.numpy())
@@ -261,7 +264,7 @@ class Trainer:
     if (eval_dataset is not None and self.config.eval_every
         and self.step % self.config.eval_every == 0 and self.step < steps):
       self.evaluate(eval_dataset)
-    self._last_train_results = results
+    return results
 
   def evaluate(self, dataset: tf.data.Dataset, steps=None) -> dict:
     """Evaluates on `steps` batches (default `config.eval_steps`, else all).
@@ -373,9 +376,8 @@ class Trainer:
     features, labels, weights = batch
     logits = self._forward([v.value for v in self.model.trainable_variables],
                            [v.value for v in self.model.non_trainable_variables], features)
-    weight_sums = {head.name: tf.constant(1.0) for head in self.heads}  # Unused: terms only.
-    _, terms = step_lib.total_loss(self.heads, labels, logits, weights, weight_sums)
-    self._update_metrics(terms, labels, logits, weights)
+    self._update_metrics(step_lib.loss_terms(self.heads, labels, logits, weights), labels,
+                         logits, weights)
 
   def _forward_fn(self, trainable, non_trainable, features):
     return step_lib.forward(self.model, trainable, non_trainable, features)
@@ -407,13 +409,11 @@ class Trainer:
       # Objects made outside any scope belong to the default strategy, which
       # places work on the first GPU if there is one.
       return tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
-      raise ValueError(
-          f"strategy={self.config.strategy!r} runs {strategy.num_replicas_in_sync} replicas: "
-          "create the trunk, heads, optimizer and Trainer inside its scope, "
-          "`with engine.create_strategy(config).scope(): ...`, so that their variables "
-          "are mirrored.")
-    return strategy
+    raise ValueError(
+        f"strategy={self.config.strategy!r} runs {strategy.num_replicas_in_sync} replicas: "
+        "create the trunk, heads, optimizer and Trainer inside its scope, "
+        "`with engine.create_strategy(config).scope(): ...`, so that their variables "
+        "are mirrored.")
 
   def _check_created_in_scope(self):
     if self._replicas == 1:

@@ -1,6 +1,5 @@
 """The synthetic data's promised structure, and TFRecords parsed from label specs."""
 
-import os
 
 import numpy as np
 import tensorflow as tf

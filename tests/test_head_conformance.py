@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import engine
 import heads
 from tests.conftest import dataset_of
 

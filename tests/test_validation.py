@@ -1,6 +1,5 @@
 """Bad batches: each gets an error naming the head, before any step runs."""
 
-import os
 
 import numpy as np
 import pytest
