@@ -31,7 +31,9 @@ import tensorflow as tf
 
 import heads as heads_lib
 from engine import distribution
+from engine import export as export_lib
 from engine import model as model_lib
+from engine import pictures as pictures_lib
 from engine import precision as precision_lib
 from engine import progress
 from engine import step as step_lib
@@ -105,6 +107,7 @@ class Trainer:
                            for head in self.heads}
       self._gradient_norm = keras.metrics.Mean(name="gradient_norm")
       self._examples = keras.metrics.Sum(name="examples")
+      self._pictures = pictures_lib.EvalPictures(self.heads)
     # Keras 3 models hide list and dict attributes from tf.train.Checkpoint,
     # so the checkpoint names the trunk and each head itself.
     self._checkpoint = tf.train.Checkpoint(
@@ -294,6 +297,8 @@ class Trainer:
       raise ValueError("The evaluation dataset is empty: it produced no batch.")
     results = self._results()
     self._summaries.write_scalars("eval", results, self.step)
+    with self._summaries.as_default("eval", self.step):
+      self._pictures.write()
     logging.info(progress.eval_line(self.step, results))
     return results
 
@@ -304,6 +309,38 @@ class Trainer:
     self.build(tf.nest.map_structure(tf.TensorSpec.from_tensor, features))
     outputs = self._predict(features)
     return tf.nest.map_structure(lambda tensor: tensor.numpy(), outputs)
+
+  def export(self, path=None) -> str:
+    """Writes a serving SavedModel and returns its path.
+
+    Its `serving_default` signature takes the raw features (any batch size)
+    and returns `<head>/probabilities` and `<head>/classes`, or
+    `<head>/values`, as `predict` does. The default path is
+    `model_dir/export/<global step>`, the numbered-version layout TF Serving
+    loads. The write is atomic: a crash leaves any earlier export intact.
+    """
+    if self._features_spec is None:
+      raise ValueError(
+          "Nothing to export yet: the model has no variables. Call train, evaluate or "
+          "predict first, or build(features_spec) to restore the latest checkpoint.")
+    if path is None:
+      path = tf.io.gfile.join(self.config.model_dir, "export", str(self.step))
+    export_lib.export_saved_model(self.model, self._features_spec, path)
+    logging.info("Exported the model at step %d to %s.", self.step, path)
+    return path
+
+  def restore(self, checkpoint_path: str):
+    """Restores one given checkpoint (e.g. to evaluate it); call after `build`."""
+    if self._features_spec is None:
+      raise ValueError("restore needs the model's variables: call build(features_spec) first.")
+    try:
+      self._checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError) as error:
+      raise ValueError(f"Cannot read the checkpoint {checkpoint_path}: "
+                       f"{str(error).splitlines()[0]}") from None
+    except (ValueError, AssertionError) as error:
+      raise ValueError(f"Cannot restore the checkpoint {checkpoint_path} into this model: "
+                       f"{error} Was it written for other heads or shapes?") from None
 
   # --- compiled functions ----------------------------------------------------
 
@@ -378,6 +415,7 @@ class Trainer:
                            [v.value for v in self.model.non_trainable_variables], features)
     self._update_metrics(step_lib.loss_terms(self.heads, labels, logits, weights), labels,
                          logits, weights)
+    self._pictures.update(labels, logits, weights)
 
   def _forward_fn(self, trainable, non_trainable, features):
     return step_lib.forward(self.model, trainable, non_trainable, features)
@@ -509,7 +547,8 @@ class Trainer:
     self._manager.save(checkpoint_number=self.step)
 
   def _reset_metrics(self):
-    for metric in [*self._head_losses.values(), self._gradient_norm, self._examples]:
+    for metric in [*self._head_losses.values(), self._gradient_norm, self._examples,
+                   *self._pictures.metrics]:
       metric.reset_state()
     for head in self.heads:
       for metric in head.metrics:

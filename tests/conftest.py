@@ -50,3 +50,18 @@ def dataset_of(features, labels, weights=None, batch_size=16, repeat=True):
   elements = (features, labels) if weights is None else (features, labels, weights)
   dataset = tf.data.Dataset.from_tensor_slices(elements).batch(batch_size)
   return dataset.repeat() if repeat else dataset
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory):
+  """A demo-head trainer trained briefly and evaluated once, shared by the
+  export, picture and evaluation tests: (trainer, eval dataset)."""
+  model_dir = str(tmp_path_factory.mktemp("trained_demo"))
+  trainer = engine.Trainer(
+      trunk=small_trunk(32), heads=heads.parse_heads(engine.data.DEMO_HEADS),
+      optimizer=keras.optimizers.Adam(1e-2),
+      config=engine.Config(model_dir=model_dir, steps_per_loop=50, seed=0))
+  eval_data = engine.data.synthetic("eval", 64, num_examples=512)
+  trainer.train(engine.data.synthetic("train", 64, num_examples=2048), steps=200,
+                eval_dataset=eval_data)
+  return trainer, eval_data
