@@ -13,7 +13,8 @@ def _scalars(directory):
   accumulator.Reload()
   return {tag: {event.step: float(tf.make_ndarray(event.tensor_proto))
                 for event in accumulator.Tensors(tag)}
-          for tag in accumulator.Tags()["tensors"]}
+          for tag in accumulator.Tags()["tensors"]
+          if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
 @pytest.fixture(scope="module")

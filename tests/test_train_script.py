@@ -30,7 +30,8 @@ def _final_eval(model_dir):
                                                    size_guidance={"tensors": 0})
   accumulator.Reload()
   return {tag: float(tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto))
-          for tag in accumulator.Tags()["tensors"]}
+          for tag in accumulator.Tags()["tensors"]
+          if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
 @pytest.fixture(scope="module")
