@@ -7,6 +7,8 @@ from engine.distribution import STRATEGIES
 from engine.precision import PRECISIONS
 
 NONFINITE_POLICIES = ("raise", "skip")
+BEST_METRIC_GOALS = ("auto", "max", "min")
+_LOWER_IS_BETTER = ("loss", "nll", "ece", "mae", "mse", "rmse", "perplexity")
 
 
 @dataclasses.dataclass
@@ -40,6 +42,13 @@ class Config:
       policies leave the weights untouched; "raise" then stops with an error
       naming the heads and the step, "skip" counts it per head and goes on.
       (An overflow under mixed_float16 loss scaling is always skipped.)
+    profile_steps: (start, end): trace steps start+1 .. end with TensorFlow's
+      profiler into `model_dir/plugins/profile` (TensorBoard's Profile tab).
+    best_metric: an evaluation result, e.g. "digit/accuracy" or "loss"; after
+      each evaluation in `train`, the model is exported to
+      `model_dir/export/best/<step>` if this is its best value so far.
+    best_metric_goal: "max", "min", or "auto" ("min" for losses, nll, ece,
+      mae, rmse and perplexity; "max" otherwise).
   """
 
   model_dir: str
@@ -57,6 +66,9 @@ class Config:
   clip_norm: Optional[float] = None
   accumulation_steps: int = 1
   nonfinite: str = "raise"
+  profile_steps: Optional[tuple] = None
+  best_metric: Optional[str] = None
+  best_metric_goal: str = "auto"
 
   def __post_init__(self):
     if not isinstance(self.model_dir, str) or not self.model_dir:
@@ -83,6 +95,20 @@ class Config:
                        f"{self.nonfinite!r}.")
     if self.strategy == "tpu" and self.precision == "mixed_float16":
       raise ValueError("precision='mixed_float16' is for GPUs; on TPUs use 'mixed_bfloat16'.")
+    if self.profile_steps is not None:
+      steps = tuple(self.profile_steps)
+      if (len(steps) != 2 or not all(isinstance(s, int) and not isinstance(s, bool)
+                                     for s in steps) or not 0 <= steps[0] < steps[1]):
+        raise ValueError("profile_steps must be two integers 0 <= start < end; received "
+                         f"{self.profile_steps!r}.")
+      self.profile_steps = steps
+    if self.best_metric_goal not in BEST_METRIC_GOALS:
+      raise ValueError(f"best_metric_goal must be one of {BEST_METRIC_GOALS}; received "
+                       f"{self.best_metric_goal!r}.")
+    if self.best_metric is not None and (not isinstance(self.best_metric, str)
+                                         or not self.best_metric):
+      raise ValueError(f"best_metric must be a metric name such as 'digit/accuracy'; "
+                       f"received {self.best_metric!r}.")
     if not isinstance(self.jit_compile, bool):
       raise ValueError(f"jit_compile must be True or False; received {self.jit_compile!r}.")
 
@@ -90,3 +116,11 @@ class Config:
 def _check_int(name, value, minimum):
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r}.")
+
+
+def lower_is_better(metric: str, goal: str = "auto") -> bool:
+  """Whether smaller values of `metric` are better, for a `best_metric_goal`."""
+  if goal != "auto":
+    return goal == "min"
+  last = metric.rsplit("/", 1)[-1]
+  return last in _LOWER_IS_BETTER or last.endswith("_loss")

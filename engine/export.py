@@ -4,8 +4,7 @@ Written with Keras's `ExportArchive`, not a bare `tf.saved_model.save` of a
 `tf.Module`: only the former names the variables so that TensorFlow's
 session-based loaders (`saved_model_cli run`, TF Serving) find them.
 
-Exports appear atomically: the SavedModel is written to a hidden directory
-beside the target and renamed into place, so a crash mid-export leaves the
+Exports appear atomically (`engine.atomic`): a crash mid-export leaves the
 previous export (or nothing) at the path, never half a model.
 """
 
@@ -13,6 +12,8 @@ import os
 
 import keras
 import tensorflow as tf
+
+from engine import atomic
 
 SIGNATURE = "serving_default"
 
@@ -42,23 +43,19 @@ def serving_signature(features_spec):
   return any_batch(features_spec, "features")
 
 
-def export_saved_model(model, features_spec, path: str) -> str:
-  """Writes `model`'s serving SavedModel to `path` atomically and returns `path`."""
-  parent, name = os.path.split(os.path.normpath(path))
-  tf.io.gfile.makedirs(parent)
-  staging = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-  replaced = os.path.join(parent, f".{name}.old-{os.getpid()}")
-  for leftover in (staging, replaced):
-    if tf.io.gfile.exists(leftover):
-      tf.io.gfile.rmtree(leftover)
+def export_saved_model(model, features_spec, path: str, extra_files=None) -> str:
+  """Writes `model`'s serving SavedModel to `path` atomically and returns `path`.
+
+  `extra_files` ({name: text}) are written into the SavedModel's directory
+  with it, e.g. the metric that made it the best export.
+  """
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint(SIGNATURE, lambda features: serving_outputs(model, features),
                        input_signature=[serving_signature(features_spec)])
-  archive.write_out(staging, verbose=False)
-  if tf.io.gfile.exists(path):
-    tf.io.gfile.rename(path, replaced)
-  tf.io.gfile.rename(staging, path)
-  if tf.io.gfile.exists(replaced):
-    tf.io.gfile.rmtree(replaced)
+  with atomic.directory(path) as staging:
+    archive.write_out(staging, verbose=False)
+    for name, text in (extra_files or {}).items():
+      with tf.io.gfile.GFile(os.path.join(staging, name), "w") as handle:
+        handle.write(text)
   return path

@@ -21,6 +21,7 @@ evaluations happen on the host between loops.
 
 import collections
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -41,8 +42,10 @@ from engine import summaries as summaries_lib
 from engine import update as update_lib
 from engine import validation
 from engine.config import Config
+from engine.config import lower_is_better
 
 
+BEST_RECORD = "best_metric.json"  # In each best export: which metric, value and step.
 PREEMPTED_EXIT_CODE = 42  # As tf.distribute's PreemptionCheckpointHandler exits.
 
 
@@ -118,6 +121,10 @@ class Trainer:
         self._checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
         step_counter=self.global_step)
     self._summaries = summaries_lib.SummaryWriters(config.model_dir)
+    self._profiling = False
+    if config.best_metric is not None and config.best_metric not in self._results():
+      raise ValueError(f"best_metric={config.best_metric!r} is not an evaluation result of "
+                       f"these heads; choose one of {sorted(self._results())}.")
     self._features_spec = None
     self._inputs_checked = False
     # How often each compiled function was traced; a test keeps this at 1.
@@ -204,6 +211,9 @@ class Trainer:
       raise ValueError(f"steps must be an integer >= 0; received {steps!r}.")
     features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
     self._check_batch_divides(features_spec)
+    if self.config.best_metric is not None and eval_dataset is None:
+      raise ValueError(f"best_metric={self.config.best_metric!r} needs evaluations: pass "
+                       "eval_dataset to train (and set eval_every to evaluate during training).")
     if eval_dataset is not None:
       validation.check_element_spec(eval_dataset.element_spec, self.heads)
     self.build(features_spec)
@@ -221,8 +231,46 @@ class Trainer:
           raise Preempted(self.step)
         results = self._train_one_loop(iterator, steps, eval_dataset)
     if eval_dataset is not None:
-      return self.evaluate(eval_dataset)
+      return self._evaluate_and_keep_best(eval_dataset)
     return results
+
+  def _evaluate_and_keep_best(self, eval_dataset) -> dict:
+    """Evaluates; with `config.best_metric`, exports the model if it is the best so far."""
+    results = self.evaluate(eval_dataset)
+    metric = self.config.best_metric
+    if metric is None:
+      return results
+    value, best = results[metric], self.best_export()
+    lower = lower_is_better(metric, self.config.best_metric_goal)
+    if best is not None and not (value < best["value"] if lower else value > best["value"]):
+      return results
+    root = tf.io.gfile.join(self.config.model_dir, "export", "best")
+    record = {"metric": metric, "value": value, "step": self.step,
+              "goal": "min" if lower else "max"}
+    export_lib.export_saved_model(
+        self.model, self._features_spec, tf.io.gfile.join(root, str(self.step)),
+        extra_files={BEST_RECORD: json.dumps(record, indent=2) + "\n"})
+    for version in tf.io.gfile.listdir(root):  # Keep the best only.
+      version = version.rstrip("/")
+      if version.isdigit() and int(version) != self.step:
+        tf.io.gfile.rmtree(tf.io.gfile.join(root, version))
+    logging.info("New best %s = %.6g at step %d: exported to %s/%d.", metric, value,
+                 self.step, root, self.step)
+    return results
+
+  def best_export(self):
+    """The record {"metric", "value", "step", "goal"} of the best export so far, or None."""
+    root = tf.io.gfile.join(self.config.model_dir, "export", "best")
+    if not tf.io.gfile.isdir(root):
+      return None
+    versions = sorted(int(v.rstrip("/")) for v in tf.io.gfile.listdir(root)
+                      if v.rstrip("/").isdigit())
+    for version in reversed(versions):
+      path = tf.io.gfile.join(root, str(version), BEST_RECORD)
+      if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as handle:
+          return json.load(handle)
+    return None
 
   def _train_one_loop(self, iterator, steps, eval_dataset) -> dict:
     """One compiled loop, then its summaries, progress line, checkpoint and evaluation.
@@ -232,13 +280,18 @@ class Trainer:
     num_steps = self._loop_length(self.step, steps)
     self._reset_metrics()
     counts_before = self.nonfinite_losses.numpy(), int(self.skipped_steps.numpy())
+    self._maybe_start_profiler()
     start = time.perf_counter()
     try:
       done = self._run_loop(self._train_loop, iterator, num_steps)
-    except ValueError:
-      self._save()  # Keep the steps before the bad batch.
+    except BaseException as error:
+      self._stop_profiler()
+      if isinstance(error, ValueError):
+        self._save()  # Keep the steps before the bad batch.
       raise
     seconds = time.perf_counter() - start
+    if self.config.profile_steps and self.step >= self.config.profile_steps[1]:
+      self._stop_profiler()
     results = self._results()
     steps_per_second = done / seconds
     scalars = {**results,
@@ -266,7 +319,7 @@ class Trainer:
       self._save()
     if (eval_dataset is not None and self.config.eval_every
         and self.step % self.config.eval_every == 0 and self.step < steps):
-      self.evaluate(eval_dataset)
+      self._evaluate_and_keep_best(eval_dataset)
     return results
 
   def evaluate(self, dataset: tf.data.Dataset, steps=None) -> dict:
@@ -482,12 +535,31 @@ class Trainer:
           "dataset with drop_remainder=True.")
 
   def _loop_length(self, step, steps):
-    """Steps in the next loop: stop at the end, and at checkpoint and eval steps."""
+    """Steps in the next loop: stop at the end, at checkpoint and eval steps, and
+    where profiling starts and ends."""
     boundaries = [steps, step + self.config.steps_per_loop,
                   _next_multiple(step, self.config.checkpoint_every)]
     if self.config.eval_every:
       boundaries.append(_next_multiple(step, self.config.eval_every))
+    if self.config.profile_steps:
+      boundaries.extend(b for b in self.config.profile_steps if b > step)
     return min(boundaries) - step
+
+  def _maybe_start_profiler(self):
+    """Starts TensorFlow's profiler when the loop about to run is the first profiled one."""
+    if not self.config.profile_steps or self._profiling:
+      return
+    start, end = self.config.profile_steps
+    if start <= self.step < end:
+      tf.profiler.experimental.start(self.config.model_dir)
+      self._profiling = True
+      logging.info("Profiling steps %d to %d into %s/plugins/profile.", self.step + 1, end,
+                   self.config.model_dir)
+
+  def _stop_profiler(self):
+    if self._profiling:
+      tf.profiler.experimental.stop()
+      self._profiling = False
 
   def _run_loop(self, loop, iterator, num_steps) -> int:
     try:
@@ -532,19 +604,30 @@ class Trainer:
         "batch, or lower the learning rate; --nonfinite=skip skips such steps instead.")
 
   def _save(self):
-    """Saves a checkpoint at the current step unless one exists for it.
-
-    Never writes non-finite weights: a resumed run would only fail again.
-    """
+    """Saves a checkpoint at the current step unless one exists for it."""
     latest = self._manager.latest_checkpoint
     if self.step == 0 or (latest is not None and latest.endswith(f"-{self.step}")):
       return
+    self.save_checkpoint()
+
+  def save_checkpoint(self) -> str:
+    """Writes a checkpoint of the current step (replacing one of the same step,
+    e.g. after calibration) and returns its path.
+
+    Never writes non-finite weights: a resumed run would only fail again.
+    """
     broken = [v.path for v in self.model.trainable_variables
               if not tf.reduce_all(tf.math.is_finite(v.value)).numpy()]
     if broken:
       raise ValueError(f"Not writing a checkpoint at step {self.step}: these weights are NaN "
-                       f"or infinite: {broken}. The previous checkpoint is {latest}.")
-    self._manager.save(checkpoint_number=self.step)
+                       f"or infinite: {broken}. The previous checkpoint is "
+                       f"{self._manager.latest_checkpoint}.")
+    return self._manager.save(checkpoint_number=self.step)
+
+  @property
+  def latest_checkpoint(self):
+    """Path of the newest checkpoint in model_dir, or None."""
+    return self._manager.latest_checkpoint
 
   def _reset_metrics(self):
     for metric in [*self._head_losses.values(), self._gradient_norm, self._examples,
