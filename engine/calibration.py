@@ -106,3 +106,15 @@ def calibrate(model, heads, dataset, steps=None) -> dict:
     head.temperature.assign(temperature)
     temperatures[head.name] = temperature
   return temperatures
+
+
+def report(before: dict, after: dict, temperatures: dict) -> str:
+  """A table of each calibrated head's temperature, ECE and NLL before and after."""
+  rows = [("head", "temperature", "ece_before", "ece_after", "nll_before", "nll_after")]
+  for name, temperature in temperatures.items():
+    rows.append((name, f"{temperature:.4f}", f"{before[f'{name}/ece']:.4f}",
+                 f"{after[f'{name}/ece']:.4f}", f"{before[f'{name}/nll']:.4f}",
+                 f"{after[f'{name}/nll']:.4f}"))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                   for row in rows)

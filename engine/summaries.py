@@ -8,6 +8,7 @@ import contextlib
 import os
 
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 
 class SummaryWriters:
@@ -35,3 +36,29 @@ class SummaryWriters:
     for writer in self._writers.values():
       writer.close()
     self._writers = {}
+
+
+def write_hparams(model_dir: str, hparams: dict, metric_names) -> None:
+  """Writes the run's settings to TensorBoard's HParams plugin, with its eval metrics.
+
+  `hparams` maps names to values (bool, int, float or str; others are
+  written as text, None as ""). The plugin shows them in one row per run
+  next to the latest value of each metric of `model_dir/eval`.
+  """
+  def plain(value):
+    if value is None:
+      return ""
+    if isinstance(value, (bool, int, float, str)):
+      return value
+    if isinstance(value, (list, tuple)):
+      return ",".join(str(item) for item in value)
+    return str(value)
+  values = {name: plain(value) for name, value in sorted(hparams.items())}
+  writer = tf.summary.create_file_writer(model_dir)
+  with writer.as_default():
+    hparams_api.hparams_config(
+        hparams=[hparams_api.HParam(name) for name in values],
+        metrics=[hparams_api.Metric(name, group="eval", display_name=f"eval/{name}")
+                 for name in metric_names])
+    hparams_api.hparams(values)
+  writer.close()

@@ -122,9 +122,9 @@ class Trainer:
         step_counter=self.global_step)
     self._summaries = summaries_lib.SummaryWriters(config.model_dir)
     self._profiling = False
-    if config.best_metric is not None and config.best_metric not in self._results():
+    if config.best_metric is not None and config.best_metric not in self.metric_names:
       raise ValueError(f"best_metric={config.best_metric!r} is not an evaluation result of "
-                       f"these heads; choose one of {sorted(self._results())}.")
+                       f"these heads; choose one of {self.metric_names}.")
     self._features_spec = None
     self._inputs_checked = False
     # How often each compiled function was traced; a test keeps this at 1.
@@ -623,6 +623,11 @@ class Trainer:
                        f"or infinite: {broken}. The previous checkpoint is "
                        f"{self._manager.latest_checkpoint}.")
     return self._manager.save(checkpoint_number=self.step)
+
+  @property
+  def metric_names(self) -> list:
+    """The keys of `evaluate`'s results: "loss", "<head>/loss", "<head>/<metric>", ..."""
+    return sorted(self._results())
 
   @property
   def latest_checkpoint(self):

@@ -1,0 +1,152 @@
+"""export.py, evaluate.py, calibrate.py and train.py's TensorBoard extras, as a user runs them.
+
+One over-confident model (128 training examples, trained long) serves every
+test: `export` and `evaluate` work on any model, and calibration must lower
+its ECE.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import engine
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MODEL_FLAGS = ["--hidden_units=64", "--batch_size=32"]
+
+
+def _run(script, *flags, timeout=240):
+  return subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", script), *_MODEL_FLAGS,
+                         *flags], capture_output=True, text=True, timeout=timeout, cwd=_ROOT,
+                        check=False)
+
+
+def _events(directory):
+  accumulator = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+  accumulator.Reload()
+  return accumulator
+
+
+@pytest.fixture(scope="module")
+def over_confident_run(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("over_confident"))
+  result = _run("train.py", f"--model_dir={model_dir}", "--num_train_examples=128",
+                "--train_steps=600", "--steps_per_loop=100", "--eval_every=200",
+                "--checkpoint_every=200",
+                "--learning_rate=0.01", "--best_metric=digit/accuracy",
+                "--profile_steps=200,210")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir, result
+
+
+def test_train_keeps_an_export_of_the_best_evaluation(over_confident_run):
+  model_dir, result = over_confident_run
+  evaluations = {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in
+                 _events(os.path.join(model_dir, "eval")).Tensors("digit/accuracy")}
+  best_step = max(sorted(evaluations), key=lambda step: evaluations[step])  # First of ties.
+  best_root = os.path.join(model_dir, "export", "best")
+  assert os.listdir(best_root) == [str(best_step)]
+  record = json.loads(open(os.path.join(best_root, str(best_step), "best_metric.json")).read())
+  assert record == {"metric": "digit/accuracy", "value": pytest.approx(evaluations[best_step]),
+                    "step": best_step, "goal": "max"}
+  assert "New best digit/accuracy" in result.stderr
+  tf.saved_model.load(os.path.join(best_root, str(best_step)))
+
+
+def test_train_writes_a_profile_trace_and_the_flags_as_hparams(over_confident_run):
+  model_dir, _ = over_confident_run
+  traces = tf.io.gfile.glob(os.path.join(model_dir, "plugins", "profile", "*", "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  root = _events(model_dir)
+  plugins = {tag: root.SummaryMetadata(tag).plugin_data.plugin_name
+             for tag in root.Tags()["tensors"]}
+  assert set(plugins.values()) == {"hparams"}
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=import-outside-toplevel
+  session = next(plugin_data_pb2.HParamsPluginData.FromString(
+      root.SummaryMetadata(tag).plugin_data.content) for tag in plugins
+      if "session_start" in tag)
+  hparams = session.session_start_info.hparams
+  assert hparams["learning_rate"].number_value == pytest.approx(0.01)
+  assert hparams["heads"].string_value == engine.data.DEMO_HEADS
+  assert hparams["best_metric"].string_value == "digit/accuracy"
+
+
+def test_export_script_writes_a_loadable_model_from_the_checkpoint(over_confident_run,
+                                                                   tmp_path):
+  model_dir, _ = over_confident_run
+  result = _run("export.py", f"--model_dir={model_dir}", f"--export_dir={tmp_path / 'served'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("served")
+  features, labels = engine.data.synthetic_arrays("eval", 4096)
+  outputs = tf.saved_model.load(str(tmp_path / "served")).signatures["serving_default"](
+      features=tf.constant(features))
+  accuracy = np.mean(outputs["digit/classes"].numpy() == labels["digit"])
+  final = _events(os.path.join(model_dir, "eval")).Tensors("digit/accuracy")[-1]
+  assert final.step == 600
+  assert accuracy == pytest.approx(float(tf.make_ndarray(final.tensor_proto)), abs=1e-6)
+
+
+def test_evaluate_script_writes_the_metrics_as_json_and_to_tensorboard(over_confident_run,
+                                                                       tmp_path):
+  model_dir, _ = over_confident_run
+  output = tmp_path / "metrics.json"
+  result = _run("evaluate.py", f"--model_dir={model_dir}", f"--output_json={output}",
+                f"--checkpoint={model_dir}/ckpt-400")
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads(output.read_text())
+  assert written["step"] == 400 and written["checkpoint"].endswith("ckpt-400")
+  in_training = {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in
+                 _events(os.path.join(model_dir, "eval")).Tensors("digit/accuracy")}
+  assert written["metrics"]["digit/accuracy"] == pytest.approx(in_training[400], abs=1e-6)
+  assert "digit   accuracy" in result.stdout
+
+
+def test_evaluate_follows_a_training_run_until_it_ends(tmp_path):
+  model_dir = str(tmp_path / "model")
+  training = subprocess.Popen(
+      [sys.executable, os.path.join(_ROOT, "scripts", "train.py"), *_MODEL_FLAGS,
+       f"--model_dir={model_dir}", "--train_steps=600", "--checkpoint_every=200",
+       "--steps_per_loop=100", "--eval_every=0"],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=_ROOT)
+  try:
+    result = _run("evaluate.py", f"--model_dir={model_dir}", "--follow", "--train_steps=600",
+                  "--timeout=120", timeout=300)
+  finally:
+    training.wait(timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  steps = [int(step) for step in re.findall(r"^step (\d+) \(", result.stdout, re.MULTILINE)]
+  assert steps[-1] == 600 and steps == sorted(set(steps))
+  assert json.loads((tmp_path / "model" / "eval" / "metrics.json").read_text())["step"] == 600
+
+
+def test_calibrate_script_lowers_the_ece_and_stores_the_temperatures(over_confident_run):
+  model_dir, _ = over_confident_run
+  result = _run("calibrate.py", f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {line.split()[0]: [float(x) for x in line.split()[1:]]
+          for line in result.stdout.splitlines() if line.split()[:1] in (["digit"], ["parity"])}
+  temperature, ece_before, ece_after, nll_before, nll_after = rows["digit"]
+  assert temperature > 1 and ece_after < 0.6 * ece_before and nll_after < nll_before
+  reader = tf.train.load_checkpoint(model_dir)
+  stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key.startswith("heads/digit/") and "temperature" in key]
+  assert stored == [pytest.approx(temperature, rel=1e-4)]
+  assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-600")
+
+
+@pytest.mark.parametrize("script,flags,message", [
+    ("export.py", [], r"No checkpoint in --model_dir="),
+    ("evaluate.py", ["--follow", "--checkpoint=x"], r"--follow .* cannot take --checkpoint"),
+    ("calibrate.py", ["--heads=box:regression:4"], r"No checkpoint in --model_dir="),
+])
+def test_script_errors_name_the_flag(tmp_path, script, flags, message):
+  result = _run(script, f"--model_dir={tmp_path}", *flags, timeout=120)
+  assert result.returncode != 0
+  assert re.search(message, result.stderr), result.stderr[-2000:]
