@@ -42,6 +42,11 @@ class Config:
       policies leave the weights untouched; "raise" then stops with an error
       naming the heads and the step, "skip" counts it per head and goes on.
       (An overflow under mixed_float16 loss scaling is always skipped.)
+    pcgrad: combine the heads' gradients on the shared trunk with PCGrad
+      (Yu et al., 2020): one extra backward pass per head at every step.
+    head_diagnostics: on the last step of each loop, compute each head's
+      gradient norm on the shared trunk and the pairwise cosines of the
+      heads' gradients (TensorBoard; negative: the heads conflict).
     profile_steps: (start, end): trace steps start+1 .. end with TensorFlow's
       profiler into `model_dir/plugins/profile` (TensorBoard's Profile tab).
     best_metric: an evaluation result, e.g. "digit/accuracy" or "loss"; after
@@ -66,6 +71,8 @@ class Config:
   clip_norm: Optional[float] = None
   accumulation_steps: int = 1
   nonfinite: str = "raise"
+  pcgrad: bool = False
+  head_diagnostics: bool = True
   profile_steps: Optional[tuple] = None
   best_metric: Optional[str] = None
   best_metric_goal: str = "auto"
@@ -109,8 +116,9 @@ class Config:
                                          or not self.best_metric):
       raise ValueError(f"best_metric must be a metric name such as 'digit/accuracy'; "
                        f"received {self.best_metric!r}.")
-    if not isinstance(self.jit_compile, bool):
-      raise ValueError(f"jit_compile must be True or False; received {self.jit_compile!r}.")
+    for name in ("jit_compile", "pcgrad", "head_diagnostics"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be True or False; received {getattr(self, name)!r}.")
 
 
 def _check_int(name, value, minimum):

@@ -21,6 +21,7 @@ evaluations happen on the host between loops.
 
 import collections
 import contextlib
+import functools
 import json
 import signal
 import threading
@@ -34,6 +35,7 @@ import heads as heads_lib
 from engine import distribution
 from engine import export as export_lib
 from engine import model as model_lib
+from engine import multitask
 from engine import pictures as pictures_lib
 from engine import precision as precision_lib
 from engine import progress
@@ -111,6 +113,8 @@ class Trainer:
       self._gradient_norm = keras.metrics.Mean(name="gradient_norm")
       self._examples = keras.metrics.Sum(name="examples")
       self._pictures = pictures_lib.EvalPictures(self.heads)
+      self._balancing = multitask.HeadBalancing(self.heads, config.pcgrad,
+                                                config.head_diagnostics, self._replicas)
     # Keras 3 models hide list and dict attributes from tf.train.Checkpoint,
     # so the checkpoint names the trunk and each head itself.
     self._checkpoint = tf.train.Checkpoint(
@@ -135,11 +139,16 @@ class Trainer:
     self._forward = tf.function(self._forward_fn, jit_compile=jit and not fused)
     # With several replicas the step holds all-reduces, which a nested
     # tf.function may not: it is traced inline into the loop instead.
+    diagnostic_step = functools.partial(self._train_step_fn, diagnostics=True)
     self._train_step = (tf.function(self._train_step_fn, jit_compile=jit) if fused
                         else self._train_step_fn)
+    self._diagnostic_step = (tf.function(diagnostic_step, jit_compile=jit) if fused
+                             else diagnostic_step)
     self._eval_step = (tf.function(self._eval_step_fn, jit_compile=jit) if fused
                        else self._eval_step_fn)
     self._train_loop = tf.function(self._train_loop_fn)
+    # The last step of each loop also computes the per-head gradient diagnostics.
+    self._diagnostic_loop = tf.function(functools.partial(self._train_loop_fn, diagnostics=True))
     self._eval_loop = tf.function(self._eval_loop_fn)
     self._predict = tf.function(self._predict_fn, jit_compile=jit, reduce_retracing=True)
 
@@ -164,6 +173,7 @@ class Trainer:
       model_lib.build(self.model, features_spec)
       self.optimizer.build(self.model.trainable_variables)
     self._check_checkpoint_covers_model()
+    self._balancing.configure(self.model)
     self._features_spec = features_spec
     self._update = update_lib.GradientUpdate(
         self.optimizer, self.model.trainable_variables, self._replicas, self.config.clip_norm,
@@ -282,8 +292,15 @@ class Trainer:
     counts_before = self.nonfinite_losses.numpy(), int(self.skipped_steps.numpy())
     self._maybe_start_profiler()
     start = time.perf_counter()
+    diagnosed = False
     try:
-      done = self._run_loop(self._train_loop, iterator, num_steps)
+      if self._balancing.diagnostics:
+        done = self._run_loop(self._train_loop, iterator, num_steps - 1) if num_steps > 1 else 0
+        if done == num_steps - 1:
+          done += self._run_loop(self._diagnostic_loop, iterator, 1)
+          diagnosed = done == num_steps
+      else:
+        done = self._run_loop(self._train_loop, iterator, num_steps)
     except BaseException as error:
       self._stop_profiler()
       if isinstance(error, ValueError):
@@ -300,6 +317,7 @@ class Trainer:
                "steps_per_second": steps_per_second,
                "examples_per_second": float(self._examples.result()) / seconds}
     scalars["skipped_steps"] = float(self.skipped_steps.numpy())
+    scalars.update(self._balancing.summaries(self.step, diagnosed))
     for head, count in zip(self.heads, self.nonfinite_losses.numpy()):
       scalars[f"{head.name}/nonfinite_steps"] = float(count)
     if self._loss_scaled:
@@ -397,15 +415,16 @@ class Trainer:
 
   # --- compiled functions ----------------------------------------------------
 
-  def _train_loop_fn(self, iterator, num_steps):
-    self.trace_counts["train_loop"] += 1
+  def _train_loop_fn(self, iterator, num_steps, diagnostics=False):
+    self.trace_counts["diagnostic_loop" if diagnostics else "train_loop"] += 1
     done = tf.constant(0)
     for _ in tf.range(num_steps):
       element = iterator.get_next_as_optional()
       if not element.has_value():
         break
       healthy = self.strategy.experimental_local_results(
-          self.strategy.run(self._replica_train_step, args=(element.get_value(),)))[0]
+          self.strategy.run(self._replica_train_step,
+                            args=(element.get_value(), diagnostics)))[0]
       if self.config.nonfinite == "raise" and not healthy:
         break  # The host raises, naming the heads; the bad step is not counted.
       with tf.control_dependencies([healthy]):  # After the step's update.
@@ -425,8 +444,9 @@ class Trainer:
       done += 1
     return done
 
-  def _replica_train_step(self, element):
-    return self._train_step(self._checked_batch(element))
+  def _replica_train_step(self, element, diagnostics):
+    step = self._diagnostic_step if diagnostics else self._train_step
+    return step(self._checked_batch(element))
 
   def _checked_batch(self, element):
     """(features, labels[, weights]) -> (features, labels, weights), labels checked.
@@ -439,27 +459,39 @@ class Trainer:
     with tf.control_dependencies(validation.assert_label_values(self.heads, labels, weights)):
       return tf.nest.map_structure(tf.identity, (features, labels, weights))
 
-  def _train_step_fn(self, batch):
-    self.trace_counts["train_step"] += 1
+  def _train_step_fn(self, batch, diagnostics=False):
+    self.trace_counts["diagnostic_step" if diagnostics else "train_step"] += 1
     _, labels, weights = batch
     weight_sums = update_lib.all_reduce_sum(
         step_lib.local_weight_sums(self.heads, labels, weights), self._replicas)
     loss_scale = self._update.loss_scale()
+    step = tf.convert_to_tensor(self.global_step)
+    indices = self._balancing.per_head_indices(diagnostics)
     non_trainable = [v.value for v in self.model.non_trainable_variables]
-    gradients, new_non_trainable, total, terms, logits = self._gradients(
+    gradients, new_non_trainable, _, terms, logits, head_gradients = self._gradients(
         [v.value for v in self.model.trainable_variables], non_trainable, batch, weight_sums,
-        loss_scale)
+        loss_scale, step, indices)
     update_lib.assign_changed(self.model.non_trainable_variables, non_trainable,
                               new_non_trainable, self._replicas)
+    gradients, last_layer_norms = self._balancing.combine(
+        gradients, head_gradients, indices, loss_scale, step, diagnostics)
     healthy = self._update.apply(gradients, loss_scale,
                                  [terms[head.name][0] for head in self.heads])
+    if self._balancing.weightings_update:
+      loss_sums = update_lib.all_reduce_sum(
+          {name: loss_sum for name, (loss_sum, _) in terms.items()}, self._replicas)
+      losses = {name: tf.math.divide_no_nan(loss_sums[name], weight_sums[name])
+                for name in loss_sums}
+      self._balancing.update_weightings(losses, last_layer_norms, step, healthy)
     self._update_metrics(terms, labels, logits, weights)
     return healthy
 
-  def _gradients_fn(self, trainable, non_trainable, batch, weight_sums, loss_scale):
-    self.trace_counts["gradients"] += 1
+  def _gradients_fn(self, trainable, non_trainable, batch, weight_sums, loss_scale, step,
+                    per_head_indices):
+    self.trace_counts["diagnostic_gradients" if per_head_indices else "gradients"] += 1
     return step_lib.gradients(self.model, self.heads, trainable, non_trainable, batch,
-                              weight_sums, loss_scale, self.config.accumulation_steps)
+                              weight_sums, loss_scale, step, self.config.accumulation_steps,
+                              self._replicas, per_head_indices)
 
   def _eval_step_fn(self, batch):
     self.trace_counts["eval_step"] += 1
@@ -646,9 +678,10 @@ class Trainer:
     results = {"loss": 0.0}
     for head in self.heads:
       loss = float(self._head_losses[head.name].result())
+      weight = float(head.weighting.weight(head.name, self.step))
       results[f"{head.name}/loss"] = loss
-      results[f"{head.name}/weighted_loss"] = head.weight * loss
-      results["loss"] += head.weight * loss
+      results[f"{head.name}/weighted_loss"] = weight * loss
+      results["loss"] += weight * loss + float(head.weighting.regulariser(head.name))
       for name, value in head.metric_results().items():
         results[f"{head.name}/{name}"] = float(value)
     return results

@@ -14,6 +14,8 @@ from heads.softmax import SoftmaxHead
 from heads.sparse import EntmaxHead
 from heads.sparse import SparsemaxHead
 from heads.specs import parse_heads
+from heads import specs
+from heads import weighting
 
 __all__ = ["DistributionHead", "EnsembleHead", "EntmaxHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
-           "SigmoidHead", "SoftmaxHead", "SparsemaxHead", "parse_heads"]
+           "SigmoidHead", "SoftmaxHead", "SparsemaxHead", "parse_heads", "specs", "weighting"]

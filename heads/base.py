@@ -23,6 +23,8 @@ import warnings
 import keras
 import tensorflow as tf
 
+from heads import weighting
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelSpec:
@@ -76,21 +78,30 @@ class Head(keras.layers.Layer):
   Args:
     name: unique name; the key of this head in labels, sample weights,
       metrics and summaries. Must not contain "/".
-    weight: the head's loss weight in the total loss (>= 0).
+    weight: the head's loss weight: a number >= 0, or a `heads.weighting`
+      object (a schedule, learned uncertainty, GradNorm, DWA).
     input: when the trunk returns a dict, the key of the feature this head
       reads; None when the trunk returns a single tensor.
   """
 
-  def __init__(self, name: str, *, weight: float = 1.0,
+  # "regression" or "classification": the likelihood behind the loss, which
+  # learned uncertainty weighting needs.
+  task = "classification"
+
+  def __init__(self, name: str, *, weight=1.0,
                input: Optional[str] = None, **kwargs):  # pylint: disable=redefined-builtin
     if not isinstance(name, str) or not name or "/" in name:
       raise ValueError(
           f"Head name must be a non-empty string without '/'; received {name!r}.")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-      raise ValueError(
-          f"Head '{name}': weight must be a number >= 0; received {weight!r}.")
+    if not isinstance(weight, weighting.Weighting):
+      try:
+        weight = weighting.Static(weight)
+      except ValueError:
+        raise ValueError(f"Head '{name}': weight must be a number >= 0 or a heads.weighting "
+                         f"object; received {weight!r}.") from None
     super().__init__(name=name, **kwargs)
-    self.weight = float(weight)
+    self.weighting = weight
+    weight.bind(self)
     self.input_key = input
 
   # --- implemented by subclasses -------------------------------------------

@@ -16,6 +16,8 @@ class RegressionHead(base.Head):
   losses compute it. Metrics: MAE and RMSE.
   """
 
+  task = "regression"
+
   def __init__(self, name: str, units: int, loss: str = "mse",
                delta: float = 1.0, **kwargs):
     super().__init__(name, **kwargs)

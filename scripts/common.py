@@ -22,6 +22,21 @@ HEADS = flags.DEFINE_string(
     "heads", engine.data.DEMO_HEADS,
     "Comma-separated heads, each name:kind:size[:weight] (kinds: softmax, sigmoid, sparsemax, "
     "entmax, regression).")
+WEIGHTING = flags.DEFINE_enum(
+    "weighting", "static", list(heads.specs.WEIGHTINGS),
+    "How head losses are weighted: static (--heads weights, --weight_schedules), uncertainty "
+    "(learned log-variances), gradnorm or dwa.")
+WEIGHT_SCHEDULES = flags.DEFINE_list(
+    "weight_schedules", [], "head=schedule items: linear:START:END:RAMP_STEPS[:WARMUP] or "
+    "piecewise:B1/B2:V0/V1/V2 (static weighting).")
+GRADNORM_ALPHA = flags.DEFINE_float("gradnorm_alpha", 1.5, "GradNorm's asymmetry alpha.",
+                                    lower_bound=0.0)
+DWA_TEMPERATURE = flags.DEFINE_float("dwa_temperature", 2.0, "DWA's softmax temperature.",
+                                     lower_bound=1e-6)
+DWA_PERIOD = flags.DEFINE_integer("dwa_period", 100, "Steps per DWA loss-averaging period.",
+                                  lower_bound=1)
+PCGRAD = flags.DEFINE_boolean(
+    "pcgrad", False, "Combine the heads' gradients on the shared trunk with PCGrad.")
 HIDDEN_UNITS = flags.DEFINE_list("hidden_units", ["128", "128"], "Widths of the trunk's Dense layers.")
 NUM_FEATURES = flags.DEFINE_integer(
     "num_features", engine.data.NUM_FEATURES, "Length of the `features` float list in TFRecords.",
@@ -44,6 +59,9 @@ NUM_CPU_DEVICES = flags.DEFINE_integer(
     lower_bound=0)
 
 flags.register_validator(
+    "weight_schedules", lambda items: all(item.count("=") == 1 for item in items),
+    message="--weight_schedules items are head=schedule, e.g. box=linear:0:0.25:1000:100.")
+flags.register_validator(
     "hidden_units", lambda units: all(u.isdigit() and int(u) > 0 for u in units),
     message="--hidden_units must be positive integers, e.g. 128,128.")
 
@@ -55,11 +73,15 @@ def make_trainer(**config_fields):
   config = engine.Config(
       model_dir=MODEL_DIR.value, eval_steps=EVAL_STEPS.value, jit_compile=JIT_COMPILE.value,
       seed=SEED.value, precision=PRECISION.value, strategy=STRATEGY.value, tpu=TPU.value,
-      num_cpu_devices=NUM_CPU_DEVICES.value, **config_fields)
+      num_cpu_devices=NUM_CPU_DEVICES.value, pcgrad=PCGRAD.value, **config_fields)
   strategy = engine.create_strategy(config)  # Before any other op: it may split the CPU.
   engine.set_precision(config.precision)  # Before any layer is made.
   with strategy.scope():  # Every variable, metrics' too, is made under the strategy.
-    head_list = heads.parse_heads(HEADS.value, flag="--heads")
+    head_list = heads.parse_heads(
+        HEADS.value, flag="--heads", weighting=WEIGHTING.value,
+        schedules=dict(item.split("=") for item in WEIGHT_SCHEDULES.value),
+        gradnorm_alpha=GRADNORM_ALPHA.value, dwa_temperature=DWA_TEMPERATURE.value,
+        dwa_period=DWA_PERIOD.value)
     trainer = engine.Trainer(
         trunk=keras.Sequential([keras.layers.Dense(int(units), activation="relu")
                                 for units in HIDDEN_UNITS.value]),

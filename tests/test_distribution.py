@@ -39,13 +39,22 @@ def _heads():
           heads.SequenceSoftmaxHead("tags", 4, input="tokens")]
 
 
+def _balanced_heads():
+  """GradNorm across two heads, learned uncertainty on the masked sequence head."""
+  balancer = heads.weighting.GradNorm(alpha=1.0, learning_rate=0.1)
+  return [heads.SoftmaxHead("kind", 3, input="pooled", weight=balancer),
+          heads.RegressionHead("size", 2, input="pooled", weight=balancer),
+          heads.SequenceSoftmaxHead("tags", 4, input="tokens",
+                                    weight=heads.weighting.Uncertainty())]
+
+
 def _trainer(tmp_path, name, scope=None, optimizer=lambda: keras.optimizers.Adam(0.01),
-             **config):
+             head_list=_heads, **config):
   config = engine.Config(model_dir=str(tmp_path / name), steps_per_loop=5, seed=0, **config)
   if scope is None:
-    return engine.Trainer(trunk=_trunk(), heads=_heads(), optimizer=optimizer(), config=config)
+    return engine.Trainer(trunk=_trunk(), heads=head_list(), optimizer=optimizer(), config=config)
   with scope.scope():
-    return engine.Trainer(trunk=_trunk(), heads=_heads(), optimizer=optimizer(), config=config)
+    return engine.Trainer(trunk=_trunk(), heads=head_list(), optimizer=optimizer(), config=config)
 
 
 def _same_start(reference, other):
@@ -92,6 +101,24 @@ def test_two_replicas_train_and_evaluate_like_one_device(tmp_path, mirrored):
   assert two.trace_counts["train_loop"] == 1 and two.trace_counts["gradients"] == 2
   two.train(train, steps=10)
   assert two.trace_counts["train_loop"] == 1 and two.trace_counts["gradients"] == 2
+
+
+def test_gradnorm_uncertainty_pcgrad_and_diagnostics_on_two_replicas_equal_one_device(
+    tmp_path, mirrored):
+  one = _trainer(tmp_path, "one", head_list=_balanced_heads, pcgrad=True)
+  two = _trainer(tmp_path, "two", mirrored, head_list=_balanced_heads, pcgrad=True,
+                 strategy="mirrored", num_cpu_devices=2)
+  _same_start(one, two)
+  train = _data().batch(16, drop_remainder=True).repeat()
+  one.train(train, steps=5)
+  two.train(train, steps=5)
+  _assert_same_model(one, two)  # Trunk, heads, GradNorm's weights, the log-variance.
+  gradnorm = one.heads[0].weighting
+  assert gradnorm.weight_variable("kind").numpy() != 1.0  # It did move.
+  one_scalars = one._balancing.summaries(5, with_diagnostics=True)  # pylint: disable=protected-access
+  two_scalars = two._balancing.summaries(5, with_diagnostics=True)  # pylint: disable=protected-access
+  for key, value in one_scalars.items():
+    np.testing.assert_allclose(two_scalars[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
 
 
 def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(tmp_path, mirrored):

@@ -160,13 +160,13 @@ def test_bad_head_arguments_name_the_head_and_value(make, message):
 
 def test_parse_heads_knows_every_fixed_shape_kind():
   built = heads.parse_heads("a:sigmoid:5,b:sparsemax:3,c:entmax:4:2")
-  assert [(type(h).__name__, h.num_classes, h.weight) for h in built] == [
+  assert [(type(h).__name__, h.num_classes, h.weighting.value) for h in built] == [
       ("SigmoidHead", 5, 1.0), ("SparsemaxHead", 3, 1.0), ("EntmaxHead", 4, 2.0)]
 
 
 def test_parse_heads_builds_named_weighted_heads():
   built = heads.parse_heads("digit:softmax:10,parity:softmax:2:0.5, box:regression:4:0.25")
-  assert [(h.name, type(h).__name__, h.weight) for h in built] == [
+  assert [(h.name, type(h).__name__, h.weighting.value) for h in built] == [
       ("digit", "SoftmaxHead", 1.0), ("parity", "SoftmaxHead", 0.5),
       ("box", "RegressionHead", 0.25)]
   assert built[0].num_classes == 10 and built[2].units == 4

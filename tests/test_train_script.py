@@ -108,6 +108,10 @@ def test_training_from_tfrecord_files_configured_by_a_flagfile(tmp_path):
     ("--hidden_units=128,wide", r"--hidden_units must be positive integers"),
     ("--heads=digit:softmax", r"--heads: each head is 'name:kind:size\[:weight\]'"),
     ("--eval_data=/tmp/x", r"--eval_data needs --train_data"),
+    ("--weighting=gradnorm", r"head 'parity' has a fixed weight or schedule, but "
+                             r"--weighting=gradnorm learns the weights"),
+    ("--weight_schedules=size=linear:0:1:10", r"--weight_schedules names no head of --heads"),
+    ("--weight_schedules=box:linear", r"--weight_schedules items are head=schedule"),
 ])
 def test_bad_flags_are_named_in_the_error(tmp_path, flag, message):
   result = _run(f"--model_dir={tmp_path}", flag, timeout=120)
@@ -123,6 +127,21 @@ def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(tmp_pat
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = _final_eval(model_dir)
   assert metrics["digit/accuracy"] > 0.6 and metrics["parity/accuracy"] > 0.6
+
+
+def test_learned_weighting_and_pcgrad_by_flags_reach_tensorboard(tmp_path):
+  model_dir = str(tmp_path / "model")
+  result = _run(f"--model_dir={model_dir}", "--weighting=uncertainty", "--pcgrad",
+                "--heads=digit:softmax:10,parity:softmax:2,box:regression:4",
+                "--train_steps=200", "--eval_every=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "train"),
+                                                   size_guidance={"tensors": 0})
+  accumulator.Reload()
+  tags = set(accumulator.Tags()["tensors"])
+  assert {"box/log_variance", "digit/loss_weight", "box/trunk_gradient_norm",
+          "gradient_cosine/digit_vs_parity"} <= tags
+  assert _final_eval(model_dir)["digit/accuracy"] > 0.5
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -23,7 +23,8 @@ def test_loops_are_traced_once_across_train_and_evaluate_calls(make_trainer, dem
   trainer.evaluate(evaluation, steps=2)
   assert trainer.step == 17
   assert trainer.trace_counts == {"train_loop": 1, "train_step": 1, "gradients": 1,
-                                  "eval_loop": 1, "eval_step": 1}
+                                  "diagnostic_loop": 1, "diagnostic_step": 1,
+                                  "diagnostic_gradients": 1, "eval_loop": 1, "eval_step": 1}
 
 
 def test_train_runs_until_the_global_step_and_checkpoints_on_multiples(make_trainer, demo_batches):
@@ -70,7 +71,7 @@ def _reference_update(trunk, head_list, features, labels, weights, learning_rate
     for head in head_list:
       weighted_sum = references[head.name](labels[head.name], head(shared),
                                            sample_weight=weights[head.name])
-      total += head.weight * weighted_sum / np.sum(weights[head.name])
+      total += head.weighting.value * weighted_sum / np.sum(weights[head.name])
   gradients = tape.gradient(total, variables)
   return [v.numpy() - learning_rate * g.numpy() for v, g in zip(variables, gradients)], float(total)
 
@@ -114,9 +115,9 @@ def test_evaluate_is_a_weighted_mean_over_all_examples_not_a_mean_of_batch_means
       per_example = keras.losses.MeanSquaredError(reduction=None)(labels[head.name], logits[head.name])
     expected = np.sum(per_example * weights[head.name]) / np.sum(weights[head.name])
     np.testing.assert_allclose(results[f"{head.name}/loss"], expected, rtol=1e-5)
-    np.testing.assert_allclose(results[f"{head.name}/weighted_loss"], head.weight * expected,
+    np.testing.assert_allclose(results[f"{head.name}/weighted_loss"], head.weighting.value * expected,
                                rtol=1e-5)
-    expected_total += head.weight * expected
+    expected_total += head.weighting.value * expected
   np.testing.assert_allclose(results["loss"], expected_total, rtol=1e-5)
 
 

@@ -1,0 +1,124 @@
+"""How the heads' losses and gradients are balanced inside a training step.
+
+Per-head gradients on the shared trunk cost one extra backward pass per
+head, so they are computed only when something needs them:
+
+- GradNorm (a head weighting) needs each head's gradient on the last shared
+  trunk layer, at every step;
+- PCGrad (`Config.pcgrad`) replaces the trunk's gradient by the sum of the
+  heads' projected gradients, at every step;
+- the conflict diagnostics (each head's gradient norm on the trunk and the
+  pairwise cosines, `Config.head_diagnostics`) are computed on the last step
+  of each loop only, when summaries are written; the other steps run a step
+  traced without them.
+
+Per-head gradients are all-reduced before any norm or projection, so every
+replica decides on the gradients of the global batch.
+"""
+
+import tensorflow as tf
+
+from engine import update as update_lib
+from heads import weighting as weighting_lib
+
+
+class HeadBalancing:
+  """Weighting updates, PCGrad and diagnostics for one model's heads.
+
+  Create under the strategy's scope (it owns the diagnostics variables);
+  call `configure` once the model's variables exist.
+  """
+
+  def __init__(self, heads, pcgrad: bool, diagnostics: bool, replicas: int):
+    self.heads = list(heads)
+    self.pcgrad = pcgrad
+    self.diagnostics = diagnostics and len(self.heads) > 1
+    self.replicas = replicas
+    self.weightings = list({id(head.weighting): head.weighting for head in self.heads}.values())
+    self.needs_last_layer = any(w.needs_head_gradients for w in self.weightings)
+    self.weightings_update = any(w.stateful for w in self.weightings)
+    count = len(self.heads)
+    aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    self.gradient_norms = tf.Variable(tf.zeros([count]), trainable=False,
+                                      name="head_gradient_norms", aggregation=aggregation)
+    self.gradient_cosines = tf.Variable(tf.zeros([count, count]), trainable=False,
+                                        name="head_gradient_cosines", aggregation=aggregation)
+    self._trunk_indices = ()
+    self._last_layer_index = None
+
+  def configure(self, model):
+    """Finds the shared trunk's variables among the model's trainable ones."""
+    trunk = {id(v) for v in model.trunk.trainable_variables}
+    self._trunk_indices = tuple(i for i, v in enumerate(model.trainable_variables)
+                                if id(v) in trunk)
+    kernels = [i for i in self._trunk_indices if len(model.trainable_variables[i].shape) >= 2]
+    if (self.pcgrad or self.needs_last_layer) and not kernels:
+      raise ValueError("GradNorm and PCGrad act on the shared trunk's gradients, but the "
+                       "trunk has no trainable weight matrix.")
+    self._last_layer_index = kernels[-1] if kernels else None
+
+  def per_head_indices(self, diagnostics: bool) -> tuple:
+    """The trainable values each head's gradient is needed on, in this kind of step."""
+    if self.pcgrad or (diagnostics and self.diagnostics):
+      return self._trunk_indices
+    if self.needs_last_layer:
+      return (self._last_layer_index,)
+    return ()
+
+  def combine(self, grads, head_grads, indices, loss_scale, step, diagnostics):
+    """All-reduces the per-head gradients, applies PCGrad and records diagnostics.
+
+    Returns (gradients to apply, {head: weighted gradient norm on the last
+    shared layer}); the first are this replica's share, as the optimizer
+    all-reduces them.
+    """
+    if not indices:
+      return grads, {}
+    names = [head.name for head in self.heads]
+    reduced = update_lib.all_reduce_sum({name: head_grads[name] for name in names},
+                                        self.replicas)
+    last_norms = {}
+    if self.needs_last_layer:
+      position = indices.index(self._last_layer_index)
+      last_norms = {name: tf.norm(reduced[name][position]) / loss_scale for name in names}
+    if self.pcgrad or (diagnostics and self.diagnostics):
+      flat = tf.stack([tf.concat([tf.reshape(g, [-1]) for g in reduced[name]], 0)
+                       for name in names])  # [heads, trunk parameters]
+      if diagnostics and self.diagnostics:
+        self._record_diagnostics(flat / loss_scale)
+      if self.pcgrad:
+        combined = weighting_lib.pcgrad(flat, step) / self.replicas
+        grads = list(grads)
+        offset = 0
+        for index in indices:
+          size = tf.size(grads[index])
+          grads[index] = tf.reshape(combined[offset:offset + size], tf.shape(grads[index]))
+          offset += size
+    return grads, last_norms
+
+  def _record_diagnostics(self, flat):
+    norms = tf.norm(flat, axis=1)
+    unit = tf.math.divide_no_nan(flat, norms[:, tf.newaxis])
+    self.gradient_norms.assign(norms)
+    self.gradient_cosines.assign(tf.matmul(unit, unit, transpose_b=True))
+
+  def update_weightings(self, global_losses, last_norms, step, healthy):
+    """Applies each weighting's state update, unless the step was not applied."""
+    for weighting in self.weightings:
+      for variable, value in weighting.updates(global_losses, last_norms, step):
+        variable.assign(tf.where(healthy, value, tf.convert_to_tensor(variable)))
+
+  def summaries(self, step: int, with_diagnostics: bool) -> dict:
+    """Host-side scalars: effective weights, learned values, and diagnostics."""
+    scalars = {}
+    for head in self.heads:
+      scalars[f"{head.name}/loss_weight"] = float(head.weighting.weight(head.name, step))
+      for key, value in head.weighting.summaries(head.name).items():
+        scalars[f"{head.name}/{key}"] = float(value)
+    if with_diagnostics and self.diagnostics:
+      norms, cosines = self.gradient_norms.numpy(), self.gradient_cosines.numpy()
+      for i, head in enumerate(self.heads):
+        scalars[f"{head.name}/trunk_gradient_norm"] = float(norms[i])
+        for j in range(i + 1, len(self.heads)):
+          scalars[f"gradient_cosine/{head.name}_vs_{self.heads[j].name}"] = float(cosines[i, j])
+    return scalars
