@@ -27,6 +27,10 @@ class Config:
     jit_compile: compile the step with XLA.
     seed: seeds Keras, TensorFlow and NumPy before variables are created, so
       initial weights are reproducible; None leaves the seeds alone.
+    deterministic: turn on TensorFlow's op determinism (needs a seed): two
+      runs, or a run and its resumption, give bitwise-identical weights.
+    checkpoint_iterator: save the training input's position (shuffle state
+      included) in checkpoints and resume from it (one device; see BUILD.md).
     max_checkpoints: how many checkpoints to keep.
     precision: "float32", "mixed_float16" (dynamic loss scaling) or
       "mixed_bfloat16"; call `engine.set_precision` before making layers.
@@ -63,6 +67,8 @@ class Config:
   eval_steps: Optional[int] = None
   jit_compile: bool = True
   seed: Optional[int] = None
+  deterministic: bool = False
+  checkpoint_iterator: bool = True
   max_checkpoints: int = 3
   precision: str = "float32"
   strategy: str = "auto"
@@ -88,6 +94,9 @@ class Config:
       _check_int("eval_steps", self.eval_steps, minimum=1)
     if self.seed is not None:
       _check_int("seed", self.seed, minimum=0)
+    if self.deterministic and self.seed is None:
+      raise ValueError("deterministic=True needs a seed (e.g. seed=0): without one the initial "
+                       "weights differ from run to run.")
     if self.precision not in PRECISIONS:
       raise ValueError(f"precision must be one of {PRECISIONS}; received {self.precision!r}.")
     if self.strategy not in STRATEGIES:
@@ -116,7 +125,8 @@ class Config:
                                          or not self.best_metric):
       raise ValueError(f"best_metric must be a metric name such as 'digit/accuracy'; "
                        f"received {self.best_metric!r}.")
-    for name in ("jit_compile", "pcgrad", "head_diagnostics"):
+    for name in ("jit_compile", "pcgrad", "head_diagnostics", "deterministic",
+                 "checkpoint_iterator"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"{name} must be True or False; received {getattr(self, name)!r}.")
 

@@ -23,7 +23,9 @@ import collections
 import contextlib
 import functools
 import json
+import os
 import signal
+import socket
 import threading
 import time
 
@@ -89,6 +91,10 @@ class Trainer:
           f"optimizer must be a Keras 3 optimizer; received {type(optimizer).__name__}.")
     self.config = config
     _check_writable(config.model_dir)
+    if config.deterministic:
+      # Process-wide: ops without a deterministic kernel now raise instead of
+      # varying from run to run (seeds are set in `build`).
+      tf.config.experimental.enable_op_determinism()
     self.strategy = self._strategy()
     self._replicas = self.strategy.num_replicas_in_sync
     with self.strategy.scope():
@@ -121,10 +127,19 @@ class Trainer:
         trunk=self.model.trunk, heads={head.name: head for head in self.heads},
         optimizer=self.optimizer, global_step=self.global_step,
         skipped_steps=self.skipped_steps, nonfinite_losses=self.nonfinite_losses)
+    # Every worker of a multi-worker job must save (the save is collective),
+    # but only the chief into model_dir; the others write into a private
+    # directory of their own. All of them restore from model_dir.
+    self._is_chief = self.strategy.extended.should_checkpoint
+    own_dir = config.model_dir if self._is_chief else tf.io.gfile.join(
+        config.model_dir, f".worker-{self.strategy.cluster_resolver.task_id}")
     self._manager = tf.train.CheckpointManager(
-        self._checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
+        self._checkpoint, own_dir, max_to_keep=config.max_checkpoints,
         step_counter=self.global_step)
-    self._summaries = summaries_lib.SummaryWriters(config.model_dir)
+    self._read_manager = self._manager if self._is_chief else tf.train.CheckpointManager(
+        self._checkpoint, config.model_dir, max_to_keep=config.max_checkpoints)
+    self._preemption = None
+    self._summaries = summaries_lib.SummaryWriters(own_dir)
     self._profiling = False
     if config.best_metric is not None and config.best_metric not in self.metric_names:
       raise ValueError(f"best_metric={config.best_metric!r} is not an evaluation result of "
@@ -188,7 +203,7 @@ class Trainer:
     checkpoint is tried. A checkpoint of another model is not damage: it
     stops with an error saying so.
     """
-    for path in reversed(self._manager.checkpoints):
+    for path in reversed(self._read_manager.checkpoints):
       try:
         self._checkpoint.restore(path).assert_existing_objects_matched()
       except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
@@ -203,7 +218,7 @@ class Trainer:
             "the same trunk and heads.") from None
       logging.info("Restored %s at step %d.", path, self.step)
       return
-    if self._manager.checkpoints:
+    if self._read_manager.checkpoints:
       logging.warning("No readable checkpoint in %s: starting from scratch.",
                       self.config.model_dir)
 
@@ -231,9 +246,16 @@ class Trainer:
     results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
-    iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+    # One replica: a plain tf.data iterator, which checkpoints its position.
+    iterator = iter(dataset if self._replicas == 1
+                    else self.strategy.experimental_distribute_dataset(dataset))
+    self._checkpoint_iterator(iterator)
+    self._watch_cluster_preemption()
     with self._sigterm_flag() as preempted:
       while self.step < steps:
+        if self._preemption is not None:
+          # Multi-worker and TPU jobs: every worker saves the same step, then exits 42.
+          self._preemption.save_checkpoint_if_preempted(checkpoint_number=self.step)
         if preempted:
           self._save()
           logging.warning("SIGTERM: saved a checkpoint at step %d; exiting with code %d.",
@@ -244,12 +266,47 @@ class Trainer:
       return self._evaluate_and_keep_best(eval_dataset)
     return results
 
+  def _watch_cluster_preemption(self):
+    """Hands SIGTERM to tf.distribute's PreemptionCheckpointHandler on multi-worker and TPU jobs.
+
+    One worker's notice must make every worker save at the same step, which
+    needs the cluster's coordination service; the handler does that (and
+    exits with code 42). Other strategies use the Trainer's own handler.
+    """
+    if self._preemption is not None or not isinstance(
+        self.strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)):
+      return
+    self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+        self.strategy.cluster_resolver, self._manager)
+
+  def _checkpoint_iterator(self, iterator):
+    """Puts the input pipeline's position in the checkpoint, and restores it on resume.
+
+    On one device the iterator is a `tf.data.Iterator`, whose state (shuffle
+    buffers and seeds, positions) tf.train.Checkpoint saves. Attaching it
+    restores the state the latest checkpoint holds (deferred restoration).
+    Distributed iterators are not checkpointable (TF 2.21): with several
+    replicas a resumed run restarts the pipeline from its beginning.
+    """
+    if not self.config.checkpoint_iterator or not isinstance(iterator, tf.data.Iterator):
+      return
+    try:
+      self._checkpoint.train_iterator = iterator
+    except (tf.errors.OpError, ValueError) as error:
+      raise ValueError(
+          f"Cannot resume the input pipeline from {self.latest_checkpoint}: the "
+          f"training dataset differs from the checkpointed one ({str(error).splitlines()[0]}). "
+          "Use the same pipeline, or Config(checkpoint_iterator=False) to restart the data "
+          "from its beginning.") from None
+
   def _evaluate_and_keep_best(self, eval_dataset) -> dict:
     """Evaluates; with `config.best_metric`, exports the model if it is the best so far."""
     results = self.evaluate(eval_dataset)
     metric = self.config.best_metric
     if metric is None:
       return results
+    if not self._is_chief:
+      return results  # The chief exports.
     value, best = results[metric], self.best_export()
     lower = lower_is_better(metric, self.config.best_metric_goal)
     if best is not None and not (value < best["value"] if lower else value > best["value"]):
@@ -449,14 +506,15 @@ class Trainer:
     return step(self._checked_batch(element))
 
   def _checked_batch(self, element):
-    """(features, labels[, weights]) -> (features, labels, weights), labels checked.
+    """(features, labels[, weights]) -> (features, labels, weights), labels and features checked.
 
     Runs outside XLA so the assertions are real; the identity makes the step
     depend on them.
     """
     features, labels = element[:2]
     weights = element[2] if len(element) == 3 else {}
-    with tf.control_dependencies(validation.assert_label_values(self.heads, labels, weights)):
+    with tf.control_dependencies(validation.assert_label_values(self.heads, labels, weights)
+                                 + validation.assert_finite_features(features)):
       return tf.nest.map_structure(tf.identity, (features, labels, weights))
 
   def _train_step_fn(self, batch, diagnostics=False):
@@ -611,7 +669,8 @@ class Trainer:
     handlers can only be set from the main thread; elsewhere this is inert.
     """
     flag = []
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+        or self._preemption is not None):  # The cluster's handler owns SIGTERM.
       yield flag
       return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.append(signum))
@@ -664,7 +723,7 @@ class Trainer:
   @property
   def latest_checkpoint(self):
     """Path of the newest checkpoint in model_dir, or None."""
-    return self._manager.latest_checkpoint
+    return self._read_manager.latest_checkpoint
 
   def _reset_metrics(self):
     for metric in [*self._head_losses.values(), self._gradient_norm, self._examples,
@@ -727,7 +786,8 @@ def _check_writable(model_dir):
   """Fails at construction, not at the first summary or checkpoint, if model_dir is unusable."""
   try:
     tf.io.gfile.makedirs(model_dir)
-    probe = tf.io.gfile.join(model_dir, ".write_test")
+    # Per process: workers of one job share model_dir.
+    probe = tf.io.gfile.join(model_dir, f".write-test-{socket.gethostname()}-{os.getpid()}")
     with tf.io.gfile.GFile(probe, "w") as handle:
       handle.write("ok")
     tf.io.gfile.remove(probe)

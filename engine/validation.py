@@ -14,6 +14,7 @@ import tensorflow as tf
 # Marks the in-graph assertion messages so the trainer can re-raise them as a
 # plain ValueError without TensorFlow's graph context around them.
 _MARK = "Invalid batch for head"
+_FEATURES_MARK = "Invalid batch: features"
 
 
 def check_element_spec(element_spec, heads):
@@ -131,6 +132,24 @@ def assert_label_values(heads, labels, weights):
   return checks
 
 
+def assert_finite_features(features):
+  """In-graph checks that float features hold no NaN or Inf; the assertion ops.
+
+  Under XLA a NaN feature only shows up later as a NaN loss of every head;
+  this names the feature instead.
+  """
+  checks = []
+  flat = (tf.nest.flatten_with_joined_string_paths(features) if isinstance(features, dict)
+          else [("features", features)])
+  for name, value in flat:
+    if not value.dtype.is_floating:
+      continue
+    bad = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(value)), tf.int64))
+    checks.append(tf.debugging.Assert(tf.equal(bad, 0), [
+        f"{_FEATURES_MARK} '{name}' hold", bad, "NaN or infinite values"], summarize=1))
+  return checks
+
+
 def as_value_error(error: tf.errors.InvalidArgumentError):
   """The ValueError an in-graph label assertion stands for, or None.
 
@@ -138,6 +157,11 @@ def as_value_error(error: tf.errors.InvalidArgumentError):
   quotes escaped; this turns it back into one sentence.
   """
   text = error.message.replace("\\'", "'")
+  match = re.search(re.escape(_FEATURES_MARK) + r" '(.*?)' hold\] \[(\d+)\]", text)
+  if match is not None:
+    name, count = match.groups()
+    return ValueError(f"Features '{name}' hold {count} NaN or infinite values in a batch; "
+                      "expected finite floats. Clean or impute them in the input pipeline.")
   match = re.search(re.escape(_MARK) + r"(.*?)\] \[([^\]]*)\] \[to\] \[([^\]]*)\]", text)
   if match is None:
     return None

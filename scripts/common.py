@@ -45,6 +45,9 @@ EVAL_DATA = flags.DEFINE_string(
     "eval_data", None, "TFRecord file pattern for evaluation; unset: the synthetic eval split.")
 EVAL_STEPS = flags.DEFINE_integer(
     "eval_steps", None, "Batches per evaluation; unset: the whole eval data.", lower_bound=1)
+DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "Op determinism and seeds: reruns and resumed runs give "
+    "bitwise-identical weights (slower on GPUs).")
 JIT_COMPILE = flags.DEFINE_boolean("jit_compile", True, "Compile the steps with XLA.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed for initial weights and shuffling.", lower_bound=0)
 PRECISION = flags.DEFINE_enum(
@@ -72,10 +75,11 @@ def make_trainer(**config_fields):
   """The Trainer these flags describe, made under its strategy: (trainer, heads)."""
   config = engine.Config(
       model_dir=MODEL_DIR.value, eval_steps=EVAL_STEPS.value, jit_compile=JIT_COMPILE.value,
-      seed=SEED.value, precision=PRECISION.value, strategy=STRATEGY.value, tpu=TPU.value,
+      seed=SEED.value, deterministic=DETERMINISTIC.value, precision=PRECISION.value, strategy=STRATEGY.value, tpu=TPU.value,
       num_cpu_devices=NUM_CPU_DEVICES.value, pcgrad=PCGRAD.value, **config_fields)
   strategy = engine.create_strategy(config)  # Before any other op: it may split the CPU.
   engine.set_precision(config.precision)  # Before any layer is made.
+  keras.utils.set_random_seed(config.seed)  # Before any layer: initializers draw seeds when made.
   with strategy.scope():  # Every variable, metrics' too, is made under the strategy.
     head_list = heads.parse_heads(
         HEADS.value, flag="--heads", weighting=WEIGHTING.value,

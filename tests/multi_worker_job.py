@@ -1,9 +1,9 @@
 """One worker of the multi-worker test (run by test_multi_worker.py, not by pytest).
 
-    TF_CONFIG=... python tests/multi_worker_job.py OUTPUT.npz MODEL_DIR
+    TF_CONFIG=... python tests/multi_worker_job.py OUTPUT.npz MODEL_DIR [STEPS]
 
-Trains the shared model for STEPS steps under MultiWorkerMirroredStrategy
-and saves its initial and final weights.
+Trains the shared model for STEPS steps (default 5) under
+MultiWorkerMirroredStrategy and saves its initial and final weights.
 """
 
 import os
@@ -22,7 +22,7 @@ STEPS = 5
 GLOBAL_BATCH = 32
 
 
-def make_trainer(model_dir, config_args=None):
+def make_trainer(model_dir, config_args=None, checkpoint_every=1000):
   return engine.Trainer(
       trunk=keras.Sequential([keras.layers.Dense(16, activation="relu")]),
       heads=heads.parse_heads(engine.data.DEMO_HEADS),
@@ -30,7 +30,7 @@ def make_trainer(model_dir, config_args=None):
       # differences on near-zero gradients into visible ones.
       optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
       config=engine.Config(model_dir=model_dir, steps_per_loop=STEPS, seed=0,
-                           **(config_args or {})))
+                           checkpoint_every=checkpoint_every, **(config_args or {})))
 
 
 def dataset():
@@ -41,13 +41,14 @@ def dataset():
       GLOBAL_BATCH, drop_remainder=True).repeat()
 
 
-def main(output, model_dir):
+def main(output, model_dir, steps=STEPS):
   strategy = engine.create_strategy(engine.Config(model_dir=model_dir, strategy="multi_worker"))
   with strategy.scope():
-    trainer = make_trainer(model_dir, {"strategy": "multi_worker"})
+    trainer = make_trainer(model_dir, {"strategy": "multi_worker"}, checkpoint_every=50)
   trainer.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
+  print(f"started at step {trainer.step}", flush=True)
   initial = [v.numpy() for v in trainer.model.trainable_variables]
-  results = trainer.train(dataset(), steps=STEPS)
+  results = trainer.train(dataset(), steps=steps)
   final = [v.numpy() for v in trainer.model.trainable_variables]
   examples = float(trainer._examples.result()) / STEPS  # pylint: disable=protected-access
   np.savez(output, *initial, *final, loss=results["loss"], examples_per_step=examples,
@@ -55,4 +56,4 @@ def main(output, model_dir):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], sys.argv[2])
+  main(sys.argv[1], sys.argv[2], *[int(arg) for arg in sys.argv[3:]])

@@ -1,5 +1,6 @@
 """Trainer.export: a SavedModel that TensorFlow's own tools load and run like `predict`."""
 
+import json
 import os
 import re
 import subprocess
@@ -117,3 +118,25 @@ def test_dict_features_keep_their_names_in_the_signature():
   signature = export_lib.serving_signature(spec)
   assert signature == {"image": tf.TensorSpec([None, 4], tf.float32, name="image"),
                        "ids": tf.TensorSpec([None, 3], tf.int64, name="ids")}
+
+
+def test_metric_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+  path = str(tmp_path / "eval" / "metrics.json")
+  engine.atomic.write_json(path, {"step": 1})
+  real_gfile = tf.io.gfile.GFile
+
+  class FailingFile(real_gfile):
+    def write(self, data):
+      super().write(data[:5])  # Half the file, then the crash.
+      raise OSError("disk full")
+  monkeypatch.setattr(tf.io.gfile, "GFile", FailingFile)
+  with pytest.raises(OSError, match="disk full"):
+    engine.atomic.write_json(path, {"step": 2})
+  monkeypatch.undo()
+  assert json.loads(open(path).read()) == {"step": 1}
+
+
+def test_a_best_metric_no_head_reports_is_refused_naming_the_choices(make_trainer):
+  with pytest.raises(ValueError, match=r"best_metric='digit/acc' is not an evaluation result "
+                                       r"of these heads; choose one of \[.*'digit/accuracy'"):
+    make_trainer(best_metric="digit/acc")

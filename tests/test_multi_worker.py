@@ -2,11 +2,14 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import tensorflow as tf
 
 from tests import multi_worker_job
 
@@ -23,7 +26,8 @@ def _free_ports(count):
   return ports
 
 
-def test_two_workers_train_like_one_process(tmp_path):
+def _start_workers(tmp_path, model_dir, *args):
+  """Two worker processes of one cluster on 127.0.0.1, sharing `model_dir`."""
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
   workers = []
@@ -32,18 +36,29 @@ def test_two_workers_train_like_one_process(tmp_path):
                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
     workers.append(subprocess.Popen(
         [sys.executable, os.path.join(_ROOT, "tests", "multi_worker_job.py"),
-         str(tmp_path / f"worker{index}.npz"), str(tmp_path / f"model{index}")],
+         str(tmp_path / f"worker{index}.npz"), str(model_dir), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  return workers
+
+
+def _finish(workers, timeout=180):
   outputs = []
   try:
     for worker in workers:
-      outputs.append(worker.communicate(timeout=180)[0])
+      outputs.append(worker.communicate(timeout=timeout)[0])
   finally:
-    for worker in workers:  # A worker whose peer died would wait forever; SIGTERM is ignored.
+    for worker in workers:  # A worker whose peer died would wait forever.
       if worker.poll() is None:
         worker.kill()
+  return outputs
+
+
+def test_two_workers_train_like_one_process(tmp_path):
+  workers = _start_workers(tmp_path, tmp_path / "model")
+  outputs = _finish(workers)
   for worker, output in zip(workers, outputs):
     assert worker.returncode == 0, output[-3000:]
+  assert os.listdir(tmp_path / "model" / ".worker-1")  # Worker 1 saved aside, not over the chief.
   results = [np.load(tmp_path / f"worker{index}.npz") for index in range(2)]
   assert int(results[0]["replicas"]) == 2
   # Each global batch is split between the workers, not read twice.
@@ -60,3 +75,25 @@ def test_two_workers_train_like_one_process(tmp_path):
     for i, variable in enumerate(reference.model.trainable_variables):
       np.testing.assert_allclose(result[f"arr_{count + i}"], variable.numpy(), rtol=1e-5,
                                  atol=1e-6, err_msg=variable.path)
+
+
+def test_sigterm_to_one_worker_checkpoints_both_at_one_step_and_the_job_resumes(tmp_path):
+  model_dir = tmp_path / "model"
+  workers = _start_workers(tmp_path, model_dir, "1000000")
+  try:
+    deadline = time.monotonic() + 120
+    while tf.train.latest_checkpoint(str(model_dir)) is None:  # Training is under way.
+      assert time.monotonic() < deadline and all(w.poll() is None for w in workers)
+      time.sleep(0.2)
+    workers[1].send_signal(signal.SIGTERM)  # A notice to one worker, as a scheduler sends.
+  finally:
+    outputs = _finish(workers, timeout=120)
+  assert [worker.returncode for worker in workers] == [42, 42], outputs[0][-2000:]
+  saved = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
+  assert saved >= 50 and saved % multi_worker_job.STEPS == 0
+  workers = _start_workers(tmp_path, model_dir, str(saved + 10))
+  outputs = _finish(workers)
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-3000:]
+    assert f"started at step {saved}" in output
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{saved + 10}")

@@ -140,3 +140,30 @@ def test_multi_hot_targets_must_be_zero_or_one(make_trainer):
   trainer = make_trainer(head_list=[heads.SigmoidHead("tags", num_classes=3)])
   with pytest.raises(ValueError, match=r"Head 'tags': class ids must be in \[0, 2\)"):
     trainer.train(dataset_of(x, {"tags": labels}), steps=2)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_nan_or_inf_features_raise_naming_the_features(make_trainer, bad_value, jit_compile):
+  x, labels = engine.data.synthetic_arrays("train", 64)
+  x[20:23, 5] = bad_value  # In the second batch of 16.
+  trainer = make_trainer(jit_compile=jit_compile, steps_per_loop=4, checkpoint_every=1)
+  with pytest.raises(ValueError, match=r"Features 'features' hold 3 NaN or infinite values in "
+                                       r"a batch; expected finite floats"):
+    trainer.train(dataset_of(x, labels), steps=4)
+  assert trainer.step == 1  # The first batch was trained, and saved; the bad one never ran.
+  assert tf.train.latest_checkpoint(trainer.config.model_dir).endswith("ckpt-1")
+  assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.variables)
+
+
+def test_a_partial_final_batch_is_trained_and_evaluated_exactly(make_trainer):
+  x, labels = engine.data.synthetic_arrays("eval", 100)
+  trainer = make_trainer()
+  trainer.train(dataset_of(x, labels, batch_size=32), steps=8)  # 32, 32, 32, 4, 32, ...
+  assert trainer.step == 8
+  results = trainer.evaluate(dataset_of(x, labels, batch_size=32, repeat=False))
+  predicted = trainer.predict(x)
+  assert results["digit/accuracy"] == pytest.approx(
+      np.mean(predicted["digit"]["classes"] == labels["digit"]), abs=1e-6)  # All 100.
+  mse = np.mean((predicted["box"]["values"] - labels["box"]) ** 2)
+  assert results["box/loss"] == pytest.approx(mse, rel=1e-5)
