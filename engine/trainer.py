@@ -187,7 +187,7 @@ class Trainer:
     with self.strategy.scope():
       model_lib.build(self.model, features_spec)
       self.optimizer.build(self.model.trainable_variables)
-    self._check_checkpoint_covers_model()
+    self._track_hidden_variables()
     self._balancing.configure(self.model)
     self._features_spec = features_spec
     self._update = update_lib.GradientUpdate(
@@ -765,21 +765,21 @@ class Trainer:
         inputs = self.model.select(shared, head)
         head.check_inputs(inputs, head(inputs, training=False))
 
-  def _check_checkpoint_covers_model(self):
-    """Fails early if a model variable would be missing from checkpoints.
+  def _track_hidden_variables(self):
+    """Adds to the checkpoint, by position, model variables it would not reach.
 
-    Keras 3 hides variables held in list or dict attributes of a custom layer
-    from tf.train.Checkpoint; training such a model would lose them silently
-    on resume.
+    Keras 3 hides from tf.train.Checkpoint the variables of objects held in
+    list or dict attributes of a custom layer, and the state of every
+    `keras.random.SeedGenerator` (e.g. Dropout's): a resumed run would lose
+    them silently. They are saved as the list `model_state`, in the model's
+    variable order, so the same architecture restores them.
     """
     reachable = {id(obj) for obj in tf.train.TrackableView(self._checkpoint).descendants()}
-    missing = [variable.path for variable in self.model.variables
-               if id(variable) not in reachable]
-    if missing:
-      raise ValueError(
-          f"These model variables would not be saved in checkpoints: {missing}. "
-          "Keep sub-layers of custom layers in plain attributes (self.dense = ...), "
-          "not in lists or dicts, so that tf.train.Checkpoint can track them.")
+    hidden = [variable for variable in self.model.variables if id(variable) not in reachable]
+    if hidden:
+      logging.info("Checkpointing by position the variables tf.train.Checkpoint would not "
+                   "reach: %s", [variable.path for variable in hidden])
+      self._checkpoint.model_state = hidden
 
 
 def _check_writable(model_dir):

@@ -31,6 +31,9 @@ def make_trainer(tmp_path):
   def make(model_dir=None, trunk=None, head_list=None, optimizer=None, **config):
     config.setdefault("steps_per_loop", 5)
     config.setdefault("seed", 0)
+    # Off unless a test is about them: the diagnostic step is a second XLA
+    # program, and compiling dominates these short runs.
+    config.setdefault("head_diagnostics", False)
     return engine.Trainer(
         trunk=trunk or small_trunk(),
         heads=head_list or heads.parse_heads(engine.data.DEMO_HEADS),
@@ -60,7 +63,8 @@ def trained_demo(tmp_path_factory):
   trainer = engine.Trainer(
       trunk=small_trunk(32), heads=heads.parse_heads(engine.data.DEMO_HEADS),
       optimizer=keras.optimizers.Adam(1e-2),
-      config=engine.Config(model_dir=model_dir, steps_per_loop=50, seed=0))
+      config=engine.Config(model_dir=model_dir, steps_per_loop=50, seed=0,
+                           head_diagnostics=False))
   eval_data = engine.data.synthetic("eval", 64, num_examples=512)
   trainer.train(engine.data.synthetic("train", 64, num_examples=2048), steps=200,
                 eval_dataset=eval_data)

@@ -30,7 +30,8 @@ def make_trainer(model_dir, config_args=None, checkpoint_every=1000):
       # differences on near-zero gradients into visible ones.
       optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
       config=engine.Config(model_dir=model_dir, steps_per_loop=STEPS, seed=0,
-                           checkpoint_every=checkpoint_every, **(config_args or {})))
+                           checkpoint_every=checkpoint_every, head_diagnostics=False,
+                           **(config_args or {})))
 
 
 def dataset():
@@ -44,7 +45,7 @@ def dataset():
 def main(output, model_dir, steps=STEPS):
   strategy = engine.create_strategy(engine.Config(model_dir=model_dir, strategy="multi_worker"))
   with strategy.scope():
-    trainer = make_trainer(model_dir, {"strategy": "multi_worker"}, checkpoint_every=50)
+    trainer = make_trainer(model_dir, {"strategy": "multi_worker"}, checkpoint_every=10)
   trainer.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
   print(f"started at step {trainer.step}", flush=True)
   initial = [v.numpy() for v in trainer.model.trainable_variables]

@@ -41,7 +41,8 @@ def test_calibrating_an_over_confident_model_lowers_its_ece(tmp_path):
   trainer = engine.Trainer(
       trunk=small_trunk(64), heads=heads.parse_heads(engine.data.DEMO_HEADS),
       optimizer=keras.optimizers.Adam(1e-2),
-      config=engine.Config(model_dir=str(tmp_path), steps_per_loop=200, seed=0))
+      config=engine.Config(model_dir=str(tmp_path), steps_per_loop=200, seed=0,
+                           head_diagnostics=False))
   # 128 training examples for 600 steps: memorised, hence over-confident elsewhere.
   trainer.train(engine.data.synthetic("train", 32, num_examples=128), steps=600)
   held_out = engine.data.synthetic("eval", 256, num_examples=2048)

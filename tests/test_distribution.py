@@ -50,6 +50,7 @@ def _balanced_heads():
 
 def _trainer(tmp_path, name, scope=None, optimizer=lambda: keras.optimizers.Adam(0.01),
              head_list=_heads, **config):
+  config.setdefault("head_diagnostics", False)  # A second XLA program; off unless tested.
   config = engine.Config(model_dir=str(tmp_path / name), steps_per_loop=5, seed=0, **config)
   if scope is None:
     return engine.Trainer(trunk=_trunk(), heads=head_list(), optimizer=optimizer(), config=config)
@@ -105,9 +106,10 @@ def test_two_replicas_train_and_evaluate_like_one_device(tmp_path, mirrored):
 
 def test_gradnorm_uncertainty_pcgrad_and_diagnostics_on_two_replicas_equal_one_device(
     tmp_path, mirrored):
-  one = _trainer(tmp_path, "one", head_list=_balanced_heads, pcgrad=True)
+  one = _trainer(tmp_path, "one", head_list=_balanced_heads, pcgrad=True,
+                 head_diagnostics=True)
   two = _trainer(tmp_path, "two", mirrored, head_list=_balanced_heads, pcgrad=True,
-                 strategy="mirrored", num_cpu_devices=2)
+                 head_diagnostics=True, strategy="mirrored", num_cpu_devices=2)
   _same_start(one, two)
   train = _data().batch(16, drop_remainder=True).repeat()
   one.train(train, steps=5)

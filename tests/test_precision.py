@@ -22,6 +22,7 @@ def _demo_trainer(tmp_path, precision, scope=None, **config):
   """The demo's model; layers are made after the precision is set."""
   engine.set_precision(precision)
   config.setdefault("steps_per_loop", 100)
+  config.setdefault("head_diagnostics", False)  # A second XLA program; not under test here.
   def make():
     return engine.Trainer(
         trunk=keras.Sequential([keras.layers.Dense(128, activation="relu"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,7 +19,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "scripts", "train.py")
 _STEPS = 600
 _FLAGS = ["--deterministic", "--steps_per_loop=50", "--checkpoint_every=100", "--eval_every=0",
-          "--num_train_examples=4096", "--hidden_units=64"]
+          "--num_train_examples=4096", "--hidden_units=64", "--nohead_diagnostics"]
 _PROGRESS = re.compile(r"train \| step (\d+)/")
 
 
@@ -128,3 +129,25 @@ def test_resuming_with_another_pipeline_says_so(make_trainer, tmp_path):
   with pytest.raises(ValueError, match=r"Cannot resume the input pipeline from .*ckpt-5: the "
                                        r"training dataset differs"):
     make_trainer(model_dir=tmp_path, checkpoint_every=5).train(plain, steps=10)
+
+
+def test_dropout_random_state_is_checkpointed(make_trainer, tmp_path):
+  def dropout_trunk():
+    return keras.Sequential([keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.5)])
+  x, labels = engine.data.synthetic_arrays("train", 64)
+  dataset = tf.data.Dataset.from_tensor_slices((x, labels)).repeat().batch(8)
+  trainer = make_trainer(model_dir=tmp_path, trunk=dropout_trunk(), checkpoint_every=5,
+                         jit_compile=False, head_diagnostics=False)
+
+  def seed_state(model):
+    states = [v for v in model.model.non_trainable_variables if "seed_generator" in v.path]
+    assert len(states) == 1
+    return states[0].numpy()
+  trainer.build(tf.TensorSpec([None, x.shape[1]], tf.float32))
+  initial = seed_state(trainer)
+  trainer.train(dataset, steps=5)
+  assert not np.array_equal(seed_state(trainer), initial)  # Each step draws new masks.
+  resumed = make_trainer(model_dir=tmp_path, trunk=dropout_trunk(), checkpoint_every=5,
+                         jit_compile=False, head_diagnostics=False)
+  resumed.build(tf.TensorSpec([None, x.shape[1]], tf.float32))
+  np.testing.assert_array_equal(seed_state(resumed), seed_state(trainer))

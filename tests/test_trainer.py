@@ -16,7 +16,7 @@ from tests.conftest import small_trunk
 
 def test_loops_are_traced_once_across_train_and_evaluate_calls(make_trainer, demo_batches):
   train, evaluation = demo_batches
-  trainer = make_trainer(steps_per_loop=4, checkpoint_every=6)
+  trainer = make_trainer(steps_per_loop=4, checkpoint_every=6, head_diagnostics=True)
   for steps in (3, 10, 17):  # Loops of 3, 4, 1, 2, ... steps: lengths are tensors.
     trainer.train(train, steps=steps)
   trainer.evaluate(evaluation)
@@ -160,7 +160,8 @@ def test_predict_returns_each_heads_outputs(make_trainer):
   assert outputs["box"]["values"].shape == (5, 4)
 
 
-def test_model_variables_hidden_from_checkpoints_are_refused(make_trainer, demo_batches):
+def test_model_variables_hidden_from_checkpoints_are_saved_and_restored(make_trainer,
+                                                                          demo_batches, tmp_path):
   class HiddenState(keras.layers.Layer):
     def __init__(self):
       super().__init__()
@@ -169,8 +170,13 @@ def test_model_variables_hidden_from_checkpoints_are_refused(make_trainer, demo_
     def call(self, x, training=False):
       return self.blocks[1](self.blocks[0](x), training=training)
 
-  with pytest.raises(ValueError, match=r"would not be saved in checkpoints.*moving_mean"):
-    make_trainer(trunk=HiddenState()).train(demo_batches[0], steps=1)
+  trainer = make_trainer(model_dir=tmp_path / "run", trunk=HiddenState())
+  trainer.train(demo_batches[0], steps=5)
+  moving_mean = trainer.model.trunk.blocks[1].moving_mean.numpy()
+  assert np.abs(moving_mean).max() > 0  # Training moved it.
+  resumed = make_trainer(model_dir=tmp_path / "run", trunk=HiddenState())
+  resumed.build(tf.TensorSpec([None, 32], tf.float32))
+  np.testing.assert_array_equal(resumed.model.trunk.blocks[1].moving_mean.numpy(), moving_mean)
 
 
 def test_a_finite_training_dataset_that_runs_out_saves_progress_and_says_so(make_trainer):

@@ -271,7 +271,7 @@ def _ops_in(function):
 
 def test_per_head_gradients_are_computed_only_on_the_summary_step(make_trainer, demo_batches):
   train, _ = demo_batches
-  trainer = make_trainer(steps_per_loop=5)
+  trainer = make_trainer(steps_per_loop=5, head_diagnostics=True)
   trainer.train(train, steps=10)
   assert trainer.trace_counts["gradients"] == trainer.trace_counts["diagnostic_gradients"] == 1
   assert not any("per_head_gradients" in name for name in _ops_in(trainer._train_step))  # pylint: disable=protected-access
@@ -284,7 +284,7 @@ def test_per_head_gradients_are_computed_only_on_the_summary_step(make_trainer, 
 
 def test_diagnostics_equal_hand_computed_head_gradients(make_trainer):
   x, labels = engine.data.synthetic_arrays("train", 32)
-  trainer = make_trainer(steps_per_loop=1)
+  trainer = make_trainer(steps_per_loop=1, head_diagnostics=True)
   reference = make_trainer(model_dir=trainer.config.model_dir + "_reference")
   for model in (trainer, reference):
     model.build(tf.TensorSpec([32, 32], tf.float32))
