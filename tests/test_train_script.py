@@ -93,7 +93,7 @@ def test_training_from_tfrecord_files_configured_by_a_flagfile(tmp_path):
   flagfile.write_text("\n".join([
       f"--model_dir={model_dir}", f"--train_data={tmp_path}/train*",
       f"--eval_data={tmp_path}/eval*", "--train_steps=300", "--batch_size=64",
-      "--checkpoint_every=150"]))
+      "--checkpoint_every=150", "--nohead_diagnostics"]))
   result = _run(f"--flagfile={flagfile}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert [os.path.basename(p) for p in tf.train.get_checkpoint_state(model_dir)
@@ -121,7 +121,8 @@ def test_bad_flags_are_named_in_the_error(tmp_path, flag, message):
 
 def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(tmp_path):
   model_dir = str(tmp_path / "model")
-  result = _run(f"--model_dir={model_dir}", "--strategy=mirrored", "--num_cpu_devices=2",
+  result = _run(f"--model_dir={model_dir}", "--nohead_diagnostics", "--strategy=mirrored",
+                "--num_cpu_devices=2",
                 "--precision=mixed_bfloat16", "--accumulation_steps=2", "--clip_norm=5",
                 "--train_steps=300", "--steps_per_loop=100")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -158,7 +159,7 @@ def test_distribution_flags_name_what_is_missing(tmp_path, flags, message):
 def test_sigterm_saves_the_current_step_and_exits_42_then_the_rerun_resumes(tmp_path):
   model_dir = str(tmp_path / "model")
   flags = [f"--model_dir={model_dir}", "--steps_per_loop=50", "--checkpoint_every=100000",
-           "--eval_every=0"]
+           "--eval_every=0", "--nohead_diagnostics"]
   process = subprocess.Popen([sys.executable, _SCRIPT, *flags, "--train_steps=1000000"],
                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                              cwd=_ROOT)
