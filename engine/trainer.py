@@ -205,7 +205,8 @@ class Trainer:
     """
     for path in reversed(self._read_manager.checkpoints):
       try:
-        self._checkpoint.restore(path).assert_existing_objects_matched()
+        # Partial: the input position is restored when the iterator is attached.
+        self._checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
       except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
               IndexError) as error:  # A truncated data file: "Read less bytes than requested".
         logging.warning("Checkpoint %s is damaged and was skipped (%s): %s", path,
@@ -462,7 +463,7 @@ class Trainer:
     if self._features_spec is None:
       raise ValueError("restore needs the model's variables: call build(features_spec) first.")
     try:
-      self._checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+      self._checkpoint.restore(checkpoint_path).assert_existing_objects_matched().expect_partial()
     except (tf.errors.OpError, IndexError) as error:
       raise ValueError(f"Cannot read the checkpoint {checkpoint_path}: "
                        f"{str(error).splitlines()[0]}") from None

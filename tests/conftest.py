@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, parsed absl flags, small trainers."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -69,3 +70,27 @@ def trained_demo(tmp_path_factory):
   trainer.train(engine.data.synthetic("train", 64, num_examples=2048), steps=200,
                 eval_dataset=eval_data)
   return trainer, eval_data
+
+
+_EXIT_STATUS = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session
+  _EXIT_STATUS.append(int(exitstatus))
+
+
+def pytest_unconfigure(config):
+  """Exits at once, with pytest's status, after everything is reported.
+
+  After a few hundred trainers in one process, TensorFlow's runtime threads
+  once kept the interpreter from exiting (seen once in this suite, after the
+  last report); CI would then wait for its time limit.
+  """
+  if _EXIT_STATUS:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+      reporter._tw.flush()  # pylint: disable=protected-access
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+      stream.flush()
+    os._exit(_EXIT_STATUS[0])  # pylint: disable=protected-access
