@@ -164,8 +164,12 @@ class _SharedWeights(Weighting):
 
   def bind(self, head):
     super().bind(head)
-    setattr(self, f"weight_{head.name}", self.add_weight(
-        shape=(), initializer="ones", trainable=False, name=f"weight_{head.name}",
+    self._add_state("weight", head.name, "ones")
+
+  def _add_state(self, state, head_name, initializer="zeros"):
+    """A float32 scalar `<state>_<head>`, the same on every replica (set from reduced values)."""
+    setattr(self, f"{state}_{head_name}", self.add_weight(
+        shape=(), initializer=initializer, trainable=False, name=f"{state}_{head_name}",
         dtype="float32", aggregation="only_first_replica"))
 
   def weight_variable(self, head_name):
@@ -205,9 +209,7 @@ class GradNorm(_SharedWeights):
 
   def bind(self, head):
     super().bind(head)
-    setattr(self, f"initial_loss_{head.name}", self.add_weight(
-        shape=(), initializer="zeros", trainable=False, name=f"initial_loss_{head.name}",
-        dtype="float32", aggregation="only_first_replica"))
+    self._add_state("initial_loss", head.name)
 
   def updates(self, losses, gradient_norms, step):
     del step
@@ -253,9 +255,7 @@ class DWA(_SharedWeights):
   def bind(self, head):
     super().bind(head)
     for state in ("running_sum", "last_mean", "previous_mean"):
-      setattr(self, f"{state}_{head.name}", self.add_weight(
-          shape=(), initializer="zeros", trainable=False, name=f"{state}_{head.name}",
-          dtype="float32", aggregation="only_first_replica"))
+      self._add_state(state, head.name)
 
   def _state(self, state):
     return tf.stack([tf.convert_to_tensor(getattr(self, f"{state}_{n}"))
