@@ -35,6 +35,10 @@ def make_trainer(tmp_path):
     # Off unless a test is about them: the diagnostic step is a second XLA
     # program, and compiling dominates these short runs.
     config.setdefault("head_diagnostics", False)
+    # XLA compilation dominates these short runs; the tests about XLA ask for
+    # it (and the head conformance, distribution, precision and script tests
+    # run under it).
+    config.setdefault("jit_compile", False)
     return engine.Trainer(
         trunk=trunk or small_trunk(),
         heads=head_list or heads.parse_heads(engine.data.DEMO_HEADS),

@@ -172,7 +172,7 @@ def test_trains_evaluates_and_predicts_in_the_engine(name, make_trainer):
   case = CASES[name]
   x, labels, weights = _batch(case, n=32, seed=1)
   trainer = make_trainer(trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
-                         head_list=[case.make()], steps_per_loop=2)
+                         head_list=[case.make()], steps_per_loop=2, jit_compile=True)
   trainer.train(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8), steps=4)
   results = trainer.evaluate(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8,
                                         repeat=False))
