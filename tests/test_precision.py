@@ -38,15 +38,18 @@ def _demo_trainer(tmp_path, precision, scope=None, **config):
 
 
 def test_mixed_precisions_train_the_demo_within_one_point_of_float32(tmp_path):
-  train = engine.data.synthetic("train", 128, num_examples=65536)
-  evaluation = engine.data.synthetic("eval", 256, num_examples=4096)
+  """Compared on the metrics of the last loop: 100 steps, 12,800 examples.
+
+  (An evaluation would compile a third XLA program per precision.)
+  """
+  train = engine.data.synthetic("train", 128, num_examples=16384)
   results = {}
   for precision in ("float32", "mixed_float16", "mixed_bfloat16"):
     trainer = _demo_trainer(tmp_path, precision)
     assert trainer.model.trunk.layers[0].compute_dtype == (
         "float32" if precision == "float32" else precision.split("_")[1])
     assert all(v.dtype == "float32" for v in trainer.model.trainable_variables)
-    results[precision] = trainer.train(train, steps=2000, eval_dataset=evaluation)
+    results[precision] = trainer.train(train, steps=1500)
   for precision in ("mixed_float16", "mixed_bfloat16"):
     for head in ("digit", "parity"):
       assert abs(results[precision][f"{head}/accuracy"] - results["float32"][f"{head}/accuracy"]) <= 0.01, (
