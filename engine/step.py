@@ -16,10 +16,21 @@ def local_weight_sums(heads, labels, weights) -> dict:
       tf.convert_to_tensor(labels[head.name]), weights.get(head.name))) for head in heads}
 
 
-def loss_terms(heads, labels, logits, weights) -> dict:
-  """{head: (loss_sum, weight_sum)} over this replica's batch."""
-  return {head.name: head.loss_terms(labels[head.name], logits[head.name],
-                                     weights.get(head.name)) for head in heads}
+def loss_terms(heads, labels, logits, weights, training=False) -> dict:
+  """{head: (loss_sum, weight_sum, metric_terms)} over this replica's batch.
+
+  `training`: the gradients of these losses will be taken.
+  """
+  return {head.name: head.loss_and_metric_terms(labels[head.name], logits[head.name],
+                                                weights.get(head.name), training)
+          for head in heads}
+
+
+def zero_terms(heads) -> dict:
+  """Terms of an empty batch: the start of a sum of `loss_terms`."""
+  zero = tf.constant(0.0)
+  return {head.name: (zero, zero, {name: zero for name in head.fused_metric_terms})
+          for head in heads}
 
 
 def total_loss(heads, labels, logits, weights, global_weight_sums, step, parts=1):
@@ -30,9 +41,9 @@ def total_loss(heads, labels, logits, weights, global_weight_sums, step, parts=1
   partial losses, and of their gradients, equal those of one device on the
   whole batch; a learned weighting's regulariser is split over the `parts`
   (replicas x micro-batches) the same way. Returns (total, {head: (loss_sum,
-  weight_sum)}, {head: weight_h * partial loss_h}).
+  weight_sum, metric_terms)}, {head: weight_h * partial loss_h}).
   """
-  terms = loss_terms(heads, labels, logits, weights)
+  terms = loss_terms(heads, labels, logits, weights, training=True)
   weighted, total = {}, []
   for head in heads:
     partial = tf.math.divide_no_nan(terms[head.name][0], global_weight_sums[head.name])
@@ -52,7 +63,7 @@ def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums,
   values (e.g. the shared trunk's) on which each head's own weighted loss is
   differentiated too, for GradNorm, PCGrad and the conflict diagnostics;
   empty, nothing per head is computed. Returns (gradients, new non-trainable
-  values, total loss, {head: (loss_sum, weight_sum)}, logits, {head: [its
+  values, total loss, {head: (loss_sum, weight_sum, metric_terms)}, logits, {head: [its
   gradients on the selected values]}).
   """
   parts = micro_batches * replicas
@@ -65,7 +76,7 @@ def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums,
   head_grads = {head.name: [tf.zeros_like(trainable[i]) for i in per_head_indices]
                 for head in heads} if per_head_indices else {}
   total = tf.constant(0.0)
-  terms = {head.name: (tf.constant(0.0), tf.constant(0.0)) for head in heads}
+  terms = zero_terms(heads)
   logits = {head.name: tf.TensorArray(model.compute_dtype, size=micro_batches)
             for head in heads}
   for k in tf.range(micro_batches):
@@ -77,8 +88,7 @@ def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums,
     head_grads = {name: [g + p for g, p in zip(head_grads[name], part_head_grads[name])]
                   for name in head_grads}
     total += part_total
-    terms = {name: (terms[name][0] + part_terms[name][0], terms[name][1] + part_terms[name][1])
-             for name in terms}
+    terms = tf.nest.map_structure(tf.add, terms, part_terms)
     logits = {name: logits[name].write(k, tf.cast(part_logits[name], model.compute_dtype))
               for name in logits}
   logits = {name: _merge_slices(array.stack()) for name, array in logits.items()}

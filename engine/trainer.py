@@ -538,7 +538,7 @@ class Trainer:
                                  [terms[head.name][0] for head in self.heads])
     if self._balancing.weightings_update:
       loss_sums = update_lib.all_reduce_sum(
-          {name: loss_sum for name, (loss_sum, _) in terms.items()}, self._replicas)
+          {name: head_terms[0] for name, head_terms in terms.items()}, self._replicas)
       losses = {name: tf.math.divide_no_nan(loss_sums[name], weight_sums[name])
                 for name in loss_sums}
       self._balancing.update_weightings(losses, last_layer_norms, step, healthy)
@@ -571,11 +571,12 @@ class Trainer:
 
   def _update_metrics(self, terms, labels, logits, weights):
     for head in self.heads:
-      loss_sum, weight_sum = terms[head.name]
+      loss_sum, weight_sum, metric_terms = terms[head.name]
       # Mean with weight w of the value s/w accumulates exactly s and w.
       self._head_losses[head.name].update_state(
           tf.math.divide_no_nan(loss_sum, weight_sum), sample_weight=weight_sum)
-      head.update_metrics(labels[head.name], logits[head.name], weights.get(head.name))
+      head.update_metrics(labels[head.name], logits[head.name], weights.get(head.name),
+                          metric_terms)
     first_label = labels[self.heads[0].name]
     self._examples.update_state(tf.cast(tf.shape(first_label)[0], tf.float32))
 

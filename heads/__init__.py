@@ -7,6 +7,7 @@ from heads.base import DistributionHead
 from heads.base import Head
 from heads.base import LabelSpec
 from heads.ensemble import EnsembleHead
+from heads.large_vocab import LargeVocabSoftmaxHead
 from heads.regression import RegressionHead
 from heads.sequence import SequenceSoftmaxHead
 from heads.sigmoid import SigmoidHead
@@ -17,5 +18,5 @@ from heads.specs import parse_heads
 from heads import specs
 from heads import weighting
 
-__all__ = ["DistributionHead", "EnsembleHead", "EntmaxHead", "Head", "LabelSpec", "RegressionHead", "SequenceSoftmaxHead",
+__all__ = ["DistributionHead", "EnsembleHead", "EntmaxHead", "Head", "LabelSpec", "LargeVocabSoftmaxHead", "RegressionHead", "SequenceSoftmaxHead",
            "SigmoidHead", "SoftmaxHead", "SparsemaxHead", "parse_heads", "specs", "weighting"]

@@ -5,11 +5,15 @@ its variables are tracked, follow the mixed-precision policy and are exported
 with the model. The engine calls, in this order:
 
 1. `call(features, training)` on the trunk's output, once per step: logits.
-2. `loss_terms(labels, logits, sample_weight)`: `(loss_sum, weight_sum)` over
-   the local batch. The engine divides the all-reduced sums, so the loss is a
-   weighted mean over the *global* batch whatever the number of replicas.
-3. `update_metrics(labels, logits, sample_weight)`: accumulates the head's
-   Keras metrics (sums and counts, so replicas and batches add up exactly).
+2. `loss_and_metric_terms(labels, logits, sample_weight, training)`:
+   `(loss_sum, weight_sum, metric_terms)` over the local batch. The engine
+   divides the all-reduced sums, so the loss is a weighted mean over the
+   *global* batch whatever the number of replicas. `metric_terms` is `{}`
+   except for heads whose loss pass computes what their metrics need
+   (`fused_metric_terms`); `loss_terms` is the same without it.
+3. `update_metrics(labels, logits, sample_weight, metric_terms)`: accumulates
+   the head's Keras metrics (sums and counts, so replicas and batches add up
+   exactly).
 4. `predict(logits)`: the only place the normaliser is applied.
 
 Subclasses implement `label_spec`, `call`, `per_example_loss`, `predict` and
@@ -87,6 +91,11 @@ class Head(keras.layers.Layer):
   # "regression" or "classification": the likelihood behind the loss, which
   # learned uncertainty weighting needs.
   task = "classification"
+
+  # Names of the float32 scalar sums `loss_and_metric_terms` returns for the
+  # metrics, when the loss pass computes them anyway (the fused large-vocabulary
+  # head); the engine sums them over micro-batches and hands them back.
+  fused_metric_terms = ()
 
   def __init__(self, name: str, *, weight=1.0,
                input: Optional[str] = None, **kwargs):  # pylint: disable=redefined-builtin
@@ -172,8 +181,22 @@ class Head(keras.layers.Layer):
     weighted = tf.where(weights > 0, losses * weights, tf.zeros_like(losses))
     return tf.reduce_sum(weighted), tf.reduce_sum(weights)
 
-  def update_metrics(self, labels, logits, sample_weight=None):
-    """Accumulates the head's metrics over the examples that have a label."""
+  def loss_and_metric_terms(self, labels, logits, sample_weight=None, training=False):
+    """`(loss_sum, weight_sum, {name: sum for name in fused_metric_terms})`.
+
+    `training`: the loss's gradients will be taken, so a fused head may
+    compute them in the same pass.
+    """
+    del training  # Autodiff does it all for heads whose logits exist.
+    return (*self.loss_terms(labels, logits, sample_weight), {})
+
+  def update_metrics(self, labels, logits, sample_weight=None, metric_terms=None):
+    """Accumulates the head's metrics over the examples that have a label.
+
+    `metric_terms`: what `loss_and_metric_terms` returned for the same batch
+    (used by heads with `fused_metric_terms`).
+    """
+    del metric_terms
     labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
     weights = self.example_weights(labels, sample_weight)
     self._update_metrics(self._clean_labels(labels, weights), logits, weights)

@@ -2,8 +2,8 @@
 
 `digit:softmax:10,parity:softmax:2:0.5,box:regression:4:0.25` builds three
 heads. Kinds: softmax, sigmoid, sparsemax, entmax (size = number of
-classes) and regression (size = units). Heads with more options are built
-in Python.
+classes), large_vocab (size = vocabulary; labels per token) and regression
+(size = units). Heads with more options are built in Python.
 
 The loss weighting is chosen for all heads at once (`weighting`): "static"
 (the weights in the text, or a schedule per head), "uncertainty", "gradnorm"
@@ -11,6 +11,7 @@ or "dwa". Schedules are texts too: `linear:START:END:RAMP_STEPS[:WARMUP]` or
 `piecewise:B1/B2/...:V0/V1/V2/...`.
 """
 
+from heads import large_vocab
 from heads import regression
 from heads import sigmoid
 from heads import softmax
@@ -25,6 +26,7 @@ _KINDS = {
     "sparsemax": sparse.SparsemaxHead,
     "entmax": sparse.EntmaxHead,
     "regression": regression.RegressionHead,
+    "large_vocab": large_vocab.LargeVocabSoftmaxHead,
 }
 
 

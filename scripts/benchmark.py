@@ -1,11 +1,14 @@
-r"""Throughput of the engine against Keras `fit` and a bare XLA loop, in one process.
+r"""Throughput of the engine against Keras `fit` and a bare XLA loop, in one process;
+then memory and time of the fused large-vocabulary head against the plain one.
 
   python scripts/benchmark.py                 # the full run BENCHMARKS.md reports
   python scripts/benchmark.py --quick         # a few steps: checks that it works
 
 Prints steps/s per runner, the engine's ratio to each, GFLOP/s against the
 machine's XLA matmul peak measured in the same run, and the time to the
-first finished step (trace + compile).
+first finished step (trace + compile). Then, for `LargeVocabSoftmaxHead`
+and `SoftmaxHead` each in fresh processes, the training step's time and its
+peak memory, and their ratios.
 """
 
 import os
@@ -17,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from engine import benchmark
+from engine import large_vocab_benchmark
 
 _QUICK = flags.DEFINE_boolean("quick", False, "A few steps and one repetition (for tests).")
 _STEPS = flags.DEFINE_integer("steps", 2000, "Timed steps per runner and repetition.",
@@ -24,6 +28,15 @@ _STEPS = flags.DEFINE_integer("steps", 2000, "Timed steps per runner and repetit
 _REPETITIONS = flags.DEFINE_integer("repetitions", 5, "Interleaved repetitions; medians are "
                                     "reported.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
+_THROUGHPUT = flags.DEFINE_boolean("throughput", True, "Run the throughput comparison.")
+_LARGE_VOCAB = flags.DEFINE_boolean("large_vocab", True, "Run the large-vocabulary comparison.")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 65_536, "Large-vocabulary classes.",
+                                   lower_bound=2)
+_TOKENS = flags.DEFINE_integer("tokens", 2_048, "Large-vocabulary tokens per step.",
+                               lower_bound=1)
+_WIDTH = flags.DEFINE_integer("width", 256, "Large-vocabulary feature width.", lower_bound=1)
+_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Tokens per chunk of the fused head; "
+                                   "unset: the head's default.", lower_bound=1)
 
 
 def main(argv):
@@ -31,9 +44,17 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # The engine's progress lines are not the output.
   steps, repetitions = (100, 1) if _QUICK.value else (_STEPS.value, _REPETITIONS.value)
-  peak = benchmark.matmul_gflops(repeats=2 if _QUICK.value else 10)
-  results = benchmark.run(_BATCH_SIZE.value, steps, repetitions)
-  print(benchmark.report(results, _BATCH_SIZE.value, peak))
+  if _THROUGHPUT.value:
+    peak = benchmark.matmul_gflops(repeats=2 if _QUICK.value else 10)
+    results = benchmark.run(_BATCH_SIZE.value, steps, repetitions)
+    print(benchmark.report(results, _BATCH_SIZE.value, peak), flush=True)
+  if _LARGE_VOCAB.value:
+    problem = (large_vocab_benchmark.Problem(vocab_size=4096, tokens=256, width=64,
+                                             chunk_size=64, steps=2) if _QUICK.value else
+               large_vocab_benchmark.Problem(_VOCAB_SIZE.value, _TOKENS.value, _WIDTH.value,
+                                             _CHUNK_SIZE.value))
+    results = large_vocab_benchmark.run(problem, repetitions=1 if _QUICK.value else 2)
+    print(large_vocab_benchmark.report(results, problem))
 
 
 if __name__ == "__main__":

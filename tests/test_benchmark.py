@@ -15,7 +15,7 @@ def test_flops_per_step_is_six_times_the_multiply_adds():
   assert benchmark.flops_per_step(256) == 6 * 256 * multiply_adds
 
 
-def test_quick_benchmark_prints_every_runner_against_the_matmul_peak():
+def test_quick_benchmark_prints_every_runner_and_both_large_vocabulary_heads():
   result = subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", "benchmark.py"),
                            "--quick"], capture_output=True, text=True, timeout=300, cwd=_ROOT,
                           check=False)
@@ -28,3 +28,10 @@ def test_quick_benchmark_prints_every_runner_against_the_matmul_peak():
   assert all(value > 0 for values in rows.values() for value in values)
   assert rows["engine"][1] == 1.0  # engine/engine
   assert re.search(r"float32 XLA matmul peak \(2048\^3\): [\d.]+ GFLOP/s", result.stdout)
+  heads = {match.group(1): [float(v) for v in match.group(2, 3, 4)]
+           for match in re.finditer(r"^(plain|fused)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+                                    result.stdout, re.MULTILINE)}
+  assert set(heads) == {"plain", "fused"}, result.stdout
+  assert all(seconds > 0 and megabytes > 0 for seconds, megabytes, _ in heads.values())
+  assert heads["fused"][2] == heads["plain"][2]  # The same first loss.
+  assert re.search(r"fused/plain: time [\d.]+x, peak memory [\d.]+x", result.stdout)
