@@ -1,7 +1,9 @@
 """TensorBoard summaries under `model_dir/train` and `model_dir/eval`.
 
 Written from the host between compiled loops: `tf.summary` cannot run inside
-an XLA-compiled function, and one write per loop costs nothing measurable.
+an XLA-compiled function. A loop's scalars are written by one call of a
+traced function: one eager `tf.summary.scalar` per value cost about 15 ms a
+loop for the benchmark's 25 scalars.
 """
 
 import contextlib
@@ -17,6 +19,7 @@ class SummaryWriters:
   def __init__(self, model_dir: str):
     self._model_dir = model_dir
     self._writers = {}
+    self._scalar_writers = {}  # (mode, tags) -> traced function writing them.
 
   @contextlib.contextmanager
   def as_default(self, mode: str, step: int):
@@ -28,14 +31,21 @@ class SummaryWriters:
     self._writers[mode].flush()
 
   def write_scalars(self, mode: str, scalars: dict, step: int):
+    tags = tuple(scalars)
+    values = tf.constant([float(value) for value in scalars.values()], tf.float32)
     with self.as_default(mode, step):
-      for tag, value in scalars.items():
-        tf.summary.scalar(tag, value)
+      if (mode, tags) not in self._scalar_writers:
+        def write(values, step):
+          for index, tag in enumerate(tags):
+            tf.summary.scalar(tag, values[index], step=step)
+        self._scalar_writers[mode, tags] = tf.function(write)
+      self._scalar_writers[mode, tags](values, tf.constant(step, tf.int64))
 
   def close(self):
     for writer in self._writers.values():
       writer.close()
     self._writers = {}
+    self._scalar_writers = {}
 
 
 def write_hparams(model_dir: str, hparams: dict, metric_names) -> None:
