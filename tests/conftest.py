@@ -18,6 +18,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 import engine  # pylint: disable=g-import-not-at-top
 import heads  # pylint: disable=g-import-not-at-top
+from tests import early_runs  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
 
@@ -79,8 +80,15 @@ def trained_demo(tmp_path_factory):
 _EXIT_STATUS = []
 
 
+def pytest_collection_modifyitems(config, items):
+  """Starts the background script runs that the collected tests need."""
+  del config
+  early_runs.start({name for item in items for name in getattr(item, "fixturenames", ())})
+
+
 def pytest_sessionfinish(session, exitstatus):
   del session
+  early_runs.cleanup()
   _EXIT_STATUS.append(int(exitstatus))
 
 

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import engine
+from tests import early_runs
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "scripts", "train.py")
@@ -50,10 +51,13 @@ def _assert_bitwise_equal(a, b):
   assert not different, different
 
 
+_UNINTERRUPTED = early_runs.register("uninterrupted", lambda model_dir: _command(model_dir)[1:])
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("uninterrupted"))
-  _train(model_dir)
+def uninterrupted():
+  model_dir, result = _UNINTERRUPTED.result()
+  assert result.returncode == 0, result.stderr[-3000:]
   return _final_state(model_dir)
 
 

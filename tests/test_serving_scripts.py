@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import engine
+from tests import early_runs
 from tests import script_errors
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,14 +37,16 @@ def _events(directory):
   return accumulator
 
 
+_OVER_CONFIDENT = early_runs.register("over_confident_run", lambda model_dir: [
+    os.path.join(_ROOT, "scripts", "train.py"), *_MODEL_FLAGS, *_TRAIN_FLAGS,
+    f"--model_dir={model_dir}", "--num_train_examples=128", "--train_steps=600",
+    "--steps_per_loop=100", "--eval_every=200", "--checkpoint_every=200",
+    "--learning_rate=0.01", "--best_metric=digit/accuracy", "--profile_steps=200,210"])
+
+
 @pytest.fixture(scope="module")
-def over_confident_run(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("over_confident"))
-  result = _run("train.py", *_TRAIN_FLAGS, f"--model_dir={model_dir}", "--num_train_examples=128",
-                "--train_steps=600", "--steps_per_loop=100", "--eval_every=200",
-                "--checkpoint_every=200",
-                "--learning_rate=0.01", "--best_metric=digit/accuracy",
-                "--profile_steps=200,210")
+def over_confident_run():
+  model_dir, result = _OVER_CONFIDENT.result()
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import engine
+from tests import early_runs
 from tests import script_errors
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,11 +36,13 @@ def _final_eval(model_dir):
           if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
+_DEMO = early_runs.register("demo_run", lambda model_dir: [_SCRIPT, f"--model_dir={model_dir}"])
+
+
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run():
   """The README's demo exactly as `make demo` runs it (default flags)."""
-  model_dir = str(tmp_path_factory.mktemp("demo"))
-  return model_dir, _run(f"--model_dir={model_dir}")
+  return _DEMO.result()
 
 
 def test_the_demo_beats_chance_on_every_head(demo_run):
@@ -129,22 +132,37 @@ def test_bad_flags_are_named_in_the_error(bad_flag_errors, flag):
   assert re.search(_BAD_FLAGS[flag], bad_flag_errors[flag] or ""), bad_flag_errors[flag]
 
 
-def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(tmp_path):
-  model_dir = str(tmp_path / "model")
-  result = _run(f"--model_dir={model_dir}", "--nohead_diagnostics", "--strategy=mirrored",
-                "--num_cpu_devices=2",
-                "--precision=mixed_bfloat16", "--accumulation_steps=2", "--clip_norm=5",
-                "--train_steps=300", "--steps_per_loop=100")
+_MIRRORED = early_runs.register("mirrored_run", lambda model_dir: [
+    _SCRIPT, f"--model_dir={model_dir}", "--nohead_diagnostics", "--strategy=mirrored",
+    "--num_cpu_devices=2", "--precision=mixed_bfloat16", "--accumulation_steps=2",
+    "--clip_norm=5", "--train_steps=300", "--steps_per_loop=100"])
+
+
+@pytest.fixture
+def mirrored_run():
+  return _MIRRORED.result()
+
+
+def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(mirrored_run):
+  model_dir, result = mirrored_run
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = _final_eval(model_dir)
   assert metrics["digit/accuracy"] > 0.6 and metrics["parity/accuracy"] > 0.6
 
 
-def test_learned_weighting_and_pcgrad_by_flags_reach_tensorboard(tmp_path):
-  model_dir = str(tmp_path / "model")
-  result = _run(f"--model_dir={model_dir}", "--weighting=uncertainty", "--pcgrad",
-                "--heads=digit:softmax:10,parity:softmax:2,box:regression:4",
-                "--train_steps=200", "--eval_every=0")
+_WEIGHTING = early_runs.register("weighting_run", lambda model_dir: [
+    _SCRIPT, f"--model_dir={model_dir}", "--weighting=uncertainty", "--pcgrad",
+    "--heads=digit:softmax:10,parity:softmax:2,box:regression:4", "--train_steps=200",
+    "--eval_every=0"])
+
+
+@pytest.fixture
+def weighting_run():
+  return _WEIGHTING.result()
+
+
+def test_learned_weighting_and_pcgrad_by_flags_reach_tensorboard(weighting_run):
+  model_dir, result = weighting_run
   assert result.returncode == 0, result.stderr[-3000:]
   accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "train"),
                                                    size_guidance={"tensors": 0})
