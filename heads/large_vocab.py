@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from heads import base
 from heads import metrics as metrics_lib
+from heads import sequence
 from heads import softmax
 
 # The default chunk holds about this many logits (32 MB in float32). With
@@ -235,15 +236,7 @@ class LargeVocabSoftmaxHead(base.Head):
     return features  # The projection runs in the loss and in `predict`.
 
   def example_weights(self, labels, sample_weight=None):
-    """Per token: the sample weight (per sequence or per token), 0 on padding."""
-    weights = tf.cast(tf.not_equal(labels, tf.cast(self.ignore_label, labels.dtype)),
-                      tf.float32)
-    if sample_weight is not None:
-      sample_weight = tf.cast(sample_weight, tf.float32)
-      for _ in range(weights.shape.rank - sample_weight.shape.rank):
-        sample_weight = sample_weight[..., tf.newaxis]
-      weights *= sample_weight
-    return weights
+    return sequence.token_weights(labels, self.ignore_label, sample_weight)
 
   def loss_and_metric_terms(self, labels, logits, sample_weight=None, training=False):
     labels, features = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)

@@ -11,6 +11,17 @@ from heads import metrics as metrics_lib
 from heads import softmax
 
 
+def token_weights(labels, ignore_label, sample_weight=None):
+  """Per label element: the sample weight (per example or per element), 0 on padding."""
+  weights = tf.cast(tf.not_equal(labels, tf.cast(ignore_label, labels.dtype)), tf.float32)
+  if sample_weight is not None:
+    sample_weight = tf.cast(sample_weight, tf.float32)
+    for _ in range(weights.shape.rank - sample_weight.shape.rank):
+      sample_weight = sample_weight[..., tf.newaxis]
+    weights *= sample_weight
+  return weights
+
+
 class SequenceSoftmaxHead(base.DistributionHead):
   """Logits `[batch, time, classes]` from features `[batch, time, width]`.
 
@@ -58,15 +69,7 @@ class SequenceSoftmaxHead(base.DistributionHead):
     return self.logits_layer(features)  # (B, T, C)
 
   def example_weights(self, labels, sample_weight=None):
-    """Per token: the sample weight (per sequence or per token), 0 on padding."""
-    weights = tf.cast(tf.not_equal(labels, tf.cast(self.ignore_label, labels.dtype)),
-                      tf.float32)  # (B, T)
-    if sample_weight is not None:
-      sample_weight = tf.cast(sample_weight, tf.float32)
-      if sample_weight.shape.rank == 1:
-        sample_weight = sample_weight[:, tf.newaxis]
-      weights *= sample_weight
-    return weights
+    return token_weights(labels, self.ignore_label, sample_weight)  # (B, T)
 
   def loss_weights(self, labels, sample_weight=None):
     return softmax.apply_class_weights(self.class_weights, labels,

@@ -196,6 +196,14 @@ def _engine_trainer(tmp_path, name, head, scope=None, **config):
     return make()
 
 
+def _same_start(reference, other):
+  spec = tf.TensorSpec([None, _TIME, 6], tf.float32)
+  reference.build(spec)
+  other.build(spec)
+  for a, b in zip(reference.model.variables, other.model.variables):
+    b.assign(a.numpy())
+
+
 def test_two_replicas_of_micro_batches_train_like_the_sequence_head_on_one_device(tmp_path):
   """The whole engine path: loss, gradients, metrics and evaluation, exactly."""
   mirrored = engine.create_strategy(engine.Config(model_dir="unused", strategy="mirrored",
@@ -205,11 +213,7 @@ def test_two_replicas_of_micro_batches_train_like_the_sequence_head_on_one_devic
   fused = _engine_trainer(tmp_path, "fused", lambda: heads.LargeVocabSoftmaxHead(
       "tags", 9, chunk_size=7, label_smoothing=0.1), mirrored, strategy="mirrored",
                           num_cpu_devices=2, accumulation_steps=2)
-  spec = tf.TensorSpec([None, _TIME, 6], tf.float32)
-  plain.build(spec)
-  fused.build(spec)
-  for a, b in zip(plain.model.variables, fused.model.variables):
-    b.assign(a.numpy())
+  _same_start(plain, fused)
   train = _sequence_data().batch(16, drop_remainder=True).repeat()
   evaluation = _sequence_data().batch(16)  # The training examples: random labels.
   untrained = plain.evaluate(evaluation)
@@ -235,11 +239,7 @@ def test_mixed_precision_trains_close_to_float32(tmp_path, precision):
     mixed = _engine_trainer(tmp_path, precision, head, precision=precision)
   finally:
     engine.set_precision("float32")
-  spec = tf.TensorSpec([None, _TIME, 6], tf.float32)
-  reference.build(spec)
-  mixed.build(spec)
-  for a, b in zip(reference.model.variables, mixed.model.variables):
-    b.assign(a.numpy())
+  _same_start(reference, mixed)
   train = _sequence_data().batch(16, drop_remainder=True).repeat()
   expected, results = reference.train(train, steps=8), mixed.train(train, steps=8)
   assert np.isfinite(results["tags/loss"])
