@@ -30,6 +30,7 @@ import tensorflow as tf
 import heads
 from heads import large_vocab
 
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
   vocab_size: int = 65_536

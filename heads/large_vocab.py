@@ -49,7 +49,7 @@ def fused_softmax_cross_entropy(features, kernel, bias, labels, weights, *, chun
       docstring); False recomputes them in the backward pass instead.
 
   Returns:
-    float32 `(loss_sum, nll_sum, correct_sum)`: `sum_i w_i * loss_i`, the
+    float32 `(loss_sum, nll_sum, hits_sum)`: `sum_i w_i * loss_i`, the
     same of the unsmoothed negative log-likelihood, and of 1 where the label's
     logit is the largest. Only `loss_sum` has a gradient.
   """
@@ -199,10 +199,7 @@ class LargeVocabSoftmaxHead(base.Head):
           f"Head '{name}': chunk_size must be an integer >= 1; received {chunk_size!r}.")
     if not isinstance(z_loss, (int, float)) or isinstance(z_loss, bool) or z_loss < 0:
       raise ValueError(f"Head '{name}': z_loss must be a number >= 0; received {z_loss!r}.")
-    if not isinstance(ignore_label, int) or 0 <= ignore_label < vocab_size:
-      raise ValueError(
-          f"Head '{name}': ignore_label must be an integer outside [0, {vocab_size}); "
-          f"received {ignore_label!r}.")
+    sequence.check_ignore_label(name, ignore_label, vocab_size)
     self.vocab_size = self.num_classes = vocab_size
     self.chunk_size = chunk_size
     self.label_smoothing = softmax.check_label_smoothing(name, label_smoothing)

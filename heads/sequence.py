@@ -11,6 +11,14 @@ from heads import metrics as metrics_lib
 from heads import softmax
 
 
+def check_ignore_label(name, ignore_label, num_classes):
+  """The padding label must not be a class."""
+  if not isinstance(ignore_label, int) or 0 <= ignore_label < num_classes:
+    raise ValueError(
+        f"Head '{name}': ignore_label must be an integer outside [0, {num_classes}); "
+        f"received {ignore_label!r}.")
+
+
 def token_weights(labels, ignore_label, sample_weight=None):
   """Per label element: the sample weight (per example or per element), 0 on padding."""
   weights = tf.cast(tf.not_equal(labels, tf.cast(ignore_label, labels.dtype)), tf.float32)
@@ -43,10 +51,7 @@ class SequenceSoftmaxHead(base.DistributionHead):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
       raise ValueError(
           f"Head '{name}': num_classes must be an integer >= 1; received {num_classes!r}.")
-    if not isinstance(ignore_label, int) or 0 <= ignore_label < num_classes:
-      raise ValueError(
-          f"Head '{name}': ignore_label must be an integer outside [0, {num_classes}); "
-          f"received {ignore_label!r}.")
+    check_ignore_label(name, ignore_label, num_classes)
     self.num_classes = num_classes
     self.ignore_label = ignore_label
     self.label_smoothing = softmax.check_label_smoothing(name, label_smoothing)
