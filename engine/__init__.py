@@ -11,7 +11,7 @@ from engine import summaries
 from engine.config import Config
 from engine.distribution import create_strategy as _create_strategy
 from engine.precision import set_precision
-from engine.trainer import Preempted
+from engine.preemption import Preempted
 from engine.trainer import Trainer
 
 

@@ -7,6 +7,7 @@ from engine.distribution import STRATEGIES
 from engine.precision import PRECISIONS
 
 NONFINITE_POLICIES = ("raise", "skip")
+TRAIN_METRICS = ("basic", "full")
 BEST_METRIC_GOALS = ("auto", "max", "min")
 _LOWER_IS_BETTER = ("loss", "nll", "ece", "mae", "mse", "rmse", "perplexity")
 
@@ -51,6 +52,9 @@ class Config:
     head_diagnostics: on the last step of each loop, compute each head's
       gradient norm on the shared trunk and the pairwise cosines of the
       heads' gradients (TensorBoard; negative: the heads conflict).
+    train_metrics: "basic" (each head's loss and main metric, as sums inside
+      the compiled step) or "full" (every metric the evaluation reports, in
+      every training step: slower).
     profile_steps: (start, end): trace steps start+1 .. end with TensorFlow's
       profiler into `model_dir/plugins/profile` (TensorBoard's Profile tab).
     best_metric: an evaluation result, e.g. "digit/accuracy" or "loss"; after
@@ -79,6 +83,7 @@ class Config:
   nonfinite: str = "raise"
   pcgrad: bool = False
   head_diagnostics: bool = True
+  train_metrics: str = "basic"
   profile_steps: Optional[tuple] = None
   best_metric: Optional[str] = None
   best_metric_goal: str = "auto"
@@ -109,6 +114,9 @@ class Config:
     if self.nonfinite not in NONFINITE_POLICIES:
       raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; received "
                        f"{self.nonfinite!r}.")
+    if self.train_metrics not in TRAIN_METRICS:
+      raise ValueError(f"train_metrics must be one of {TRAIN_METRICS}; received "
+                       f"{self.train_metrics!r}.")
     if self.strategy == "tpu" and self.precision == "mixed_float16":
       raise ValueError("precision='mixed_float16' is for GPUs; on TPUs use 'mixed_bfloat16'.")
     if self.profile_steps is not None:

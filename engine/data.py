@@ -62,7 +62,7 @@ def tfrecord(file_pattern: str, heads, num_features: int, batch_size: int,
   """Batches of (features, labels, sample_weights) from tf.train.Example files.
 
   Each example holds `features` (`num_features` floats), one label per head
-  under the head's name, parsed with the head's `label_spec`, and optionally
+  under the head's name, parsed with the first of the head's `label_specs`, and optionally
   `<head>/weight` (a float; 1 when absent, 0 means "no label here").
   """
   files = tf.io.gfile.glob(file_pattern)
@@ -70,7 +70,7 @@ def tfrecord(file_pattern: str, heads, num_features: int, batch_size: int,
     raise ValueError(f"No TFRecord files match {file_pattern!r}.")
   spec = {"features": tf.io.FixedLenFeature([num_features], tf.float32)}
   for head in heads:
-    label = head.label_spec
+    label = head.label_specs[0]
     if None in label.shape:
       raise ValueError(
           f"Head '{head.name}': TFRecord input reads fixed-shape labels; its labels have "

@@ -120,3 +120,53 @@ def _tpu_strategy(tpu: str):
   except (ValueError, tf.errors.NotFoundError, IndexError) as error:
     raise ValueError(f"--strategy=tpu: cannot reach the TPU {tpu or 'local'!r}: {error}") from None
   return tf.distribute.TPUStrategy(resolver)
+
+
+def current_or_single(name: str, tpu: str, num_cpu_devices: int):
+  """The strategy of the current scope, else the default one if `name` runs one replica.
+
+  Objects made outside any scope belong to the default strategy, which
+  places work on the first GPU if there is one. A multi-replica strategy
+  needs the model made inside its scope: refused with the fix.
+  """
+  if tf.distribute.has_strategy():
+    return tf.distribute.get_strategy()
+  strategy = create_strategy(name, tpu, num_cpu_devices)
+  if strategy.num_replicas_in_sync == 1:
+    return tf.distribute.get_strategy()
+  raise ValueError(
+      f"strategy={name!r} runs {strategy.num_replicas_in_sync} replicas: "
+      "create the trunk, heads, optimizer and Trainer inside its scope, "
+      "`with engine.create_strategy(config).scope(): ...`, so that their variables "
+      "are mirrored.")
+
+
+def check_created_in_scope(strategy, optimizer, heads):
+  """Refuses an optimizer or heads made outside a multi-replica strategy's scope."""
+  if strategy.num_replicas_in_sync == 1:
+    return
+  optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+  if getattr(optimizer, "_distribution_strategy", strategy) is not strategy:
+    raise ValueError("The optimizer was created outside the strategy's scope; create it "
+                     "inside `with strategy.scope():`, with the trunk and heads.")
+  for head in heads:
+    for metric in head.metrics:
+      if metric.variables and not isinstance(metric.variables[0].value,
+                                              tf.distribute.DistributedValues):
+        raise ValueError(f"Head '{head.name}' was created outside the strategy's scope; "
+                         "create it inside `with strategy.scope():`.")
+
+
+def check_batch_divides(features_spec, replicas: int, accumulation_steps: int):
+  """The global batch must split into replicas x micro-batches of one static size."""
+  batch = tf.nest.flatten(features_spec)[0].shape[0]
+  parts = replicas * accumulation_steps
+  if batch is not None and batch % parts:
+    raise ValueError(
+        f"The global batch size ({batch}) must divide into {replicas} replica(s) x "
+        f"accumulation_steps={accumulation_steps} equal micro-batches; "
+        f"use a multiple of {parts}.")
+  if batch is None and parts > 1:
+    raise ValueError(
+        f"With {replicas} replica(s) and accumulation_steps={accumulation_steps}, batches "
+        "need a static size: batch the dataset with drop_remainder=True.")

@@ -8,6 +8,7 @@ Exports appear atomically (`engine.atomic`): a crash mid-export leaves the
 previous export (or nothing) at the path, never half a model.
 """
 
+import json
 import os
 
 import keras
@@ -59,3 +60,40 @@ def export_saved_model(model, features_spec, path: str, extra_files=None) -> str
       with tf.io.gfile.GFile(os.path.join(staging, name), "w") as handle:
         handle.write(text)
   return path
+
+
+BEST_RECORD = "best_metric.json"  # In each best export: which metric, value and step.
+
+
+def best_export(model_dir: str):
+  """The record {"metric", "value", "step", "goal"} of the best export so far, or None."""
+  root = tf.io.gfile.join(model_dir, "export", "best")
+  if not tf.io.gfile.isdir(root):
+    return None
+  versions = sorted(int(v.rstrip("/")) for v in tf.io.gfile.listdir(root)
+                    if v.rstrip("/").isdigit())
+  for version in reversed(versions):
+    path = tf.io.gfile.join(root, str(version), BEST_RECORD)
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+  return None
+
+
+def export_if_best(model, features_spec, model_dir: str, metric: str, value: float, step: int,
+                   lower_is_better: bool) -> bool:
+  """Exports to `model_dir/export/best/<step>` if `value` beats the best so far; keeps one."""
+  best = best_export(model_dir)
+  if best is not None and not (value < best["value"] if lower_is_better else
+                               value > best["value"]):
+    return False
+  root = tf.io.gfile.join(model_dir, "export", "best")
+  record = {"metric": metric, "value": value, "step": step,
+            "goal": "min" if lower_is_better else "max"}
+  export_saved_model(model, features_spec, tf.io.gfile.join(root, str(step)),
+                     extra_files={BEST_RECORD: json.dumps(record, indent=2) + "\n"})
+  for version in tf.io.gfile.listdir(root):  # Keep the best only.
+    version = version.rstrip("/")
+    if version.isdigit() and int(version) != step:
+      tf.io.gfile.rmtree(tf.io.gfile.join(root, version))
+  return True

@@ -37,9 +37,14 @@ class MultiHeadModel(keras.Model):
     return [head.name for head in self.head_list]
 
   def call(self, features, training=False):
+    return self.forward(features, training)[1]
+
+  def forward(self, features, training=False):
+    """({head: the trunk output it reads}, {head: its logits})."""
     shared = self.trunk(features, training=training)
-    return {head.name: head(self.select(shared, head), training=training)
-            for head in self.head_list}
+    inputs = {head.name: self.select(shared, head) for head in self.head_list}
+    return inputs, {head.name: head(inputs[head.name], training=training)
+                    for head in self.head_list}
 
   def select(self, shared, head):
     """The part of the trunk's output that `head` reads."""

@@ -9,8 +9,10 @@ head, so they are computed only when something needs them:
   heads' projected gradients, at every step;
 - the conflict diagnostics (each head's gradient norm on the trunk and the
   pairwise cosines, `Config.head_diagnostics`) are computed on the last step
-  of each loop only, when summaries are written; the other steps run a step
-  traced without them.
+  of each loop only, when summaries are written, by a second program that
+  compiles when first used: from the Trainer's second loop on, so the first
+  loop compiles one program only. (A conditional inside one
+  XLA program was tried: on CPU it made every step 2.5x slower.)
 
 Per-head gradients are all-reduced before any norm or projection, so every
 replica decides on the gradients of the global batch.
@@ -108,17 +110,21 @@ class HeadBalancing:
       for variable, value in weighting.updates(global_losses, last_norms, step):
         variable.assign(tf.where(healthy, value, tf.convert_to_tensor(variable)))
 
-  def summaries(self, step: int, with_diagnostics: bool) -> dict:
-    """Host-side scalars: effective weights, learned values, and diagnostics."""
+  def summaries(self, step) -> dict:
+    """Scalars as tensors (read between loops): effective weights, learned values,
+    and the diagnostics of the loop's last step ("diagnostics/..." keys)."""
     scalars = {}
     for head in self.heads:
-      scalars[f"{head.name}/loss_weight"] = float(head.weighting.weight(head.name, step))
+      scalars[f"{head.name}/loss_weight"] = tf.cast(head.weighting.weight(head.name, step),
+                                                    tf.float32)
       for key, value in head.weighting.summaries(head.name).items():
-        scalars[f"{head.name}/{key}"] = float(value)
-    if with_diagnostics and self.diagnostics:
-      norms, cosines = self.gradient_norms.numpy(), self.gradient_cosines.numpy()
+        scalars[f"{head.name}/{key}"] = tf.cast(value, tf.float32)
+    if self.diagnostics:
+      norms = tf.convert_to_tensor(self.gradient_norms)
+      cosines = tf.convert_to_tensor(self.gradient_cosines)
       for i, head in enumerate(self.heads):
-        scalars[f"{head.name}/trunk_gradient_norm"] = float(norms[i])
+        scalars[f"diagnostics/{head.name}/trunk_gradient_norm"] = norms[i]
         for j in range(i + 1, len(self.heads)):
-          scalars[f"gradient_cosine/{head.name}_vs_{self.heads[j].name}"] = float(cosines[i, j])
+          scalars[f"diagnostics/gradient_cosine/{head.name}_vs_{self.heads[j].name}"] = (
+              cosines[i, j])
     return scalars

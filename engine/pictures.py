@@ -25,7 +25,7 @@ LOGIT_RANGE = (-20.0, 20.0)  # Logits beyond it count in the edge buckets.
 
 def has_pictures(head) -> bool:
   """Single-label classification heads with class-id labels and few classes."""
-  return (isinstance(head, heads_lib.DistributionHead) and head.label_spec.shape == ()
+  return (isinstance(head, heads_lib.DistributionHead) and head.label_specs[0].shape == ()
           and getattr(head, "num_classes", MAX_CLASSES + 1) <= MAX_CLASSES)
 
 

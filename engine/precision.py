@@ -30,3 +30,10 @@ def check_layers(name: str, layers):
     raise ValueError(
         f"precision={name!r}, but these layers were created with another dtype policy: "
         f"{wrong}. Call engine.set_precision({name!r}) before creating the trunk and heads.")
+
+
+def loss_scaled(name: str, optimizer):
+  """Under mixed_float16, `optimizer` in Keras's LossScaleOptimizer (dynamic scaling)."""
+  if name == "mixed_float16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer

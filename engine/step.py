@@ -1,13 +1,16 @@
 """The math of one training step, as pure functions of tensors.
 
-No variables are read or written here: the model runs through Keras's
-`stateless_call` on variable values, so these functions compile with XLA
-under any strategy (XLA cannot update a MirroredVariable from a replica, nor
-all-reduce on CPU). The trainer reads the variables, all-reduces, and applies.
+No variables are read or written here: the model runs on variable values
+inside a `keras.StatelessScope`, so these functions compile with XLA under
+any strategy (XLA cannot update a MirroredVariable from a replica, nor
+all-reduce on CPU). The replica step reads the variables, all-reduces and
+applies.
 """
 
 import keras
 import tensorflow as tf
+
+from heads import guard as guard_lib
 
 
 def local_weight_sums(heads, labels, weights) -> dict:
@@ -17,19 +20,12 @@ def local_weight_sums(heads, labels, weights) -> dict:
 
 
 def loss_terms(heads, labels, logits, weights, training=False) -> dict:
-  """{head: (loss_sum, weight_sum, metric_terms)} over this replica's batch.
+  """{head: (loss_sum, weight_sum, extras)} over this replica's batch.
 
   `training`: the gradients of these losses will be taken.
   """
-  return {head.name: head.loss_and_metric_terms(labels[head.name], logits[head.name],
-                                                weights.get(head.name), training)
-          for head in heads}
-
-
-def zero_terms(heads) -> dict:
-  """Terms of an empty batch: the start of a sum of `loss_terms`."""
-  zero = tf.constant(0.0)
-  return {head.name: (zero, zero, {name: zero for name in head.fused_metric_terms})
+  return {head.name: head.loss_terms(labels[head.name], logits[head.name],
+                                     weights.get(head.name), training)
           for head in heads}
 
 
@@ -41,7 +37,7 @@ def total_loss(heads, labels, logits, weights, global_weight_sums, step, parts=1
   partial losses, and of their gradients, equal those of one device on the
   whole batch; a learned weighting's regulariser is split over the `parts`
   (replicas x micro-batches) the same way. Returns (total, {head: (loss_sum,
-  weight_sum, metric_terms)}, {head: weight_h * partial loss_h}).
+  weight_sum, extras)}, {head: weight_h * partial loss_h}).
   """
   terms = loss_terms(heads, labels, logits, weights, training=True)
   weighted, total = {}, []
@@ -50,6 +46,27 @@ def total_loss(heads, labels, logits, weights, global_weight_sums, step, parts=1
     weighted[head.name] = head.weighting.weight(head.name, step) * partial
     total.append(weighted[head.name] + head.weighting.regulariser(head.name) / parts)
   return tf.add_n(total), terms, weighted
+
+
+GUARD_ROWS = 8  # The double-softmax guard looks at this many examples of a batch.
+
+
+def probability_flags(heads, head_inputs, logits):
+  """[heads, 2] bool: whether each guarded head's input, and its logits, look like
+  probabilities, on the batch's first `GUARD_ROWS` examples. Heads reading the
+  same trunk output share one check of it."""
+  checked = {}
+  rows = []
+  for head in heads:
+    if isinstance(head, guard_lib.DistributionHead) and head.guarded:
+      if head.input_key not in checked:
+        checked[head.input_key] = guard_lib.looks_like_probabilities(
+            head_inputs[head.name][:GUARD_ROWS])
+      rows.append(tf.stack([checked[head.input_key],
+                            guard_lib.looks_like_probabilities(logits[head.name][:GUARD_ROWS])]))
+    else:
+      rows.append(tf.zeros([2], tf.bool))
+  return tf.stack(rows)
 
 
 def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums, loss_scale,
@@ -61,38 +78,40 @@ def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums,
   summed: the same update as the whole batch at once, since every slice is
   normalised by the global weight sums. `per_head_indices` selects trainable
   values (e.g. the shared trunk's) on which each head's own weighted loss is
-  differentiated too, for GradNorm, PCGrad and the conflict diagnostics;
-  empty, nothing per head is computed. Returns (gradients, new non-trainable
-  values, total loss, {head: (loss_sum, weight_sum, metric_terms)}, logits, {head: [its
-  gradients on the selected values]}).
+  differentiated too, for GradNorm, PCGrad and the conflict diagnostics.
+
+  Returns a dict: gradients, non_trainable (new values), total, terms ({head:
+  (loss_sum, weight_sum, extras)}), logits, head_gradients ({head: [its
+  gradients on the selected values]}), probabilities ([heads, 2] flags).
   """
   parts = micro_batches * replicas
-  if micro_batches == 1:
-    return _one_pass(model, heads, trainable, non_trainable, batch, global_weight_sums,
+  def one_pass(part, non_trainable):
+    return _one_pass(model, heads, trainable, non_trainable, part, global_weight_sums,
                      loss_scale, step, parts, per_head_indices)
+  if micro_batches == 1:
+    return one_pass(batch, non_trainable)
   sliced = tf.nest.map_structure(
       lambda t: tf.reshape(t, [micro_batches, -1, *t.shape[1:]]), batch)
-  grads = [tf.zeros_like(value) for value in trainable]
-  head_grads = {head.name: [tf.zeros_like(trainable[i]) for i in per_head_indices]
-                for head in heads} if per_head_indices else {}
-  total = tf.constant(0.0)
-  terms = zero_terms(heads)
-  logits = {head.name: tf.TensorArray(model.compute_dtype, size=micro_batches)
-            for head in heads}
-  for k in tf.range(micro_batches):
-    part = tf.nest.map_structure(lambda t: t[k], sliced)  # pylint: disable=cell-var-from-loop
-    part_grads, non_trainable, part_total, part_terms, part_logits, part_head_grads = _one_pass(
-        model, heads, trainable, non_trainable, part, global_weight_sums, loss_scale, step,
-        parts, per_head_indices)
-    grads = [g + p for g, p in zip(grads, part_grads)]
-    head_grads = {name: [g + p for g, p in zip(head_grads[name], part_head_grads[name])]
-                  for name in head_grads}
-    total += part_total
-    terms = tf.nest.map_structure(tf.add, terms, part_terms)
-    logits = {name: logits[name].write(k, tf.cast(part_logits[name], model.compute_dtype))
-              for name in logits}
-  logits = {name: _merge_slices(array.stack()) for name, array in logits.items()}
-  return grads, non_trainable, total, terms, logits, head_grads
+  # The first slice outside the loop gives the structure the loop carries.
+  first = one_pass(tf.nest.map_structure(lambda t: t[0], sliced), non_trainable)
+  logits = first.pop("logits")
+  logits_parts = {name: tf.TensorArray(model.compute_dtype, size=micro_batches).write(
+      0, tf.cast(value, model.compute_dtype)) for name, value in logits.items()}
+  def body(k, carried, logits_parts):
+    part = one_pass(tf.nest.map_structure(lambda t: t[k], sliced), carried["non_trainable"])
+    part_logits = part.pop("logits")
+    logits_parts = {name: logits_parts[name].write(k, tf.cast(part_logits[name],
+                                                              model.compute_dtype))
+                    for name in logits_parts}
+    carried = {"non_trainable": part["non_trainable"],
+               "probabilities": carried["probabilities"] | part["probabilities"],
+               **{key: tf.nest.map_structure(tf.add, carried[key], part[key])
+                  for key in ("gradients", "total", "terms", "head_gradients")}}
+    return k + 1, carried, logits_parts
+  _, carried, logits_parts = tf.while_loop(lambda k, *_: k < micro_batches, body,
+                                           (tf.constant(1), first, logits_parts))
+  carried["logits"] = {name: _merge_slices(array.stack()) for name, array in logits_parts.items()}
+  return carried
 
 
 def _merge_slices(stacked):
@@ -103,29 +122,31 @@ def _merge_slices(stacked):
 def _one_pass(model, heads, trainable, non_trainable, batch, global_weight_sums, loss_scale,
               step, parts, per_head_indices):
   features, labels, weights = batch
+  variables = [*model.trainable_variables, *model.non_trainable_variables]
   with tf.GradientTape(persistent=bool(per_head_indices)) as tape:
     tape.watch(trainable)
-    logits, new_non_trainable = model.stateless_call(trainable, non_trainable, features,
-                                                     training=True)
     # The weightings' variables (a learned log-variance, GradNorm's weights)
-    # are model variables too: read them as these values, so they get gradients.
-    values = zip([*model.trainable_variables, *model.non_trainable_variables],
-                 [*trainable, *non_trainable])
-    with keras.StatelessScope(state_mapping=list(values)):
+    # are model variables too: read as these values, so they get gradients.
+    with keras.StatelessScope(state_mapping=list(zip(variables, [*trainable, *non_trainable]))
+                              ) as scope:
+      head_inputs, logits = model.forward(features, training=True)
       total, terms, weighted = total_loss(heads, labels, logits, weights, global_weight_sums,
                                           step, parts)
+    new_non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
     scaled = total * loss_scale
-    scaled_weighted = {name: value * loss_scale for name, value in weighted.items()}
   grads = tape.gradient(scaled, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO)
   head_grads = {}
   if per_head_indices:
+    selected = [trainable[i] for i in per_head_indices]
     with tf.name_scope("per_head_gradients"):
-      selected = [trainable[i] for i in per_head_indices]
-      head_grads = {name: tape.gradient(value, selected,
+      head_grads = {name: tape.gradient(value, selected, output_gradients=loss_scale,
                                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                    for name, value in scaled_weighted.items()}
+                    for name, value in weighted.items()}
     del tape
-  return grads, new_non_trainable, total, terms, logits, head_grads
+  flags = probability_flags(heads, head_inputs, logits)
+  return {"gradients": grads, "non_trainable": new_non_trainable, "total": total,
+          "terms": terms, "logits": logits, "head_gradients": head_grads,
+          "probabilities": flags}
 
 
 def forward(model, trainable, non_trainable, features):

@@ -9,6 +9,8 @@ the common factor (unscaling, clipping); the optimizer's own SUM all-reduce
 gives exactly that factor times the reduced gradient.
 """
 
+import typing
+
 import keras
 import tensorflow as tf
 
@@ -20,15 +22,16 @@ def all_reduce_sum(values, replicas):
   return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
-def assign_changed(variables, old_values, new_values, replicas):
+def assign_changed(variables, old_values, new_values, replicas, applied):
   """Writes back non-trainable state a step changed (BatchNorm statistics, RNG state).
 
-  Values the step left alone come back from `stateless_call` as the same
-  tensors and are skipped. With several replicas, float state is averaged
-  over replicas and written to every copy.
+  Values the step left alone come back from the stateless scope as the same
+  tensors and are skipped. Where `applied` (a bool) is False the old values
+  stay. With several replicas, float state is averaged over replicas and
+  written to every copy.
   """
-  changed = [(variable, new) for variable, old, new in zip(variables, old_values, new_values)
-             if new is not old]
+  changed = [(variable, tf.where(applied, new, old))
+             for variable, old, new in zip(variables, old_values, new_values) if new is not old]
   if not changed:
     return
   if replicas == 1:
@@ -44,6 +47,15 @@ def assign_changed(variables, old_values, new_values, replicas):
   context.merge_call(assign, args=(values,))
 
 
+class Outcome(typing.NamedTuple):
+  """What `GradientUpdate.apply` decided, identical on every replica."""
+  applied: tf.Tensor        # the optimizer applied the step
+  finite: tf.Tensor         # every head's loss and the reduced gradients are finite
+  losses_finite: tf.Tensor  # every head's loss (on every replica) is finite
+  bad_heads: tf.Tensor      # [heads] bool: that head's loss is not finite
+  norm: tf.Tensor           # the global norm of the reduced, unscaled gradients
+
+
 class GradientUpdate:
   """Unscales, checks, clips and applies gradients; keeps the loss-scale rule.
 
@@ -53,14 +65,13 @@ class GradientUpdate:
     variables: the model's trainable variables, in gradient order.
     replicas: the strategy's number of replicas in sync.
     clip_norm: clip to this global norm, or None.
-    skipped_steps: an int64 variable counting skipped steps.
+    skipped_steps: an int64 variable counting steps not applied (non-finite).
     nonfinite_losses: an int64 variable [heads] counting, per head, the steps
       whose loss was not finite.
-    gradient_norm: a Keras Mean metric of the (unscaled, reduced) norm.
   """
 
   def __init__(self, optimizer, variables, replicas, clip_norm, skipped_steps,
-               nonfinite_losses, gradient_norm):
+               nonfinite_losses):
     self._optimizer = optimizer
     self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     self._variables = variables
@@ -68,7 +79,10 @@ class GradientUpdate:
     self._clip_norm = clip_norm
     self._skipped_steps = skipped_steps
     self._nonfinite_losses = nonfinite_losses
-    self._gradient_norm = gradient_norm
+
+  @property
+  def loss_scaled(self) -> bool:
+    return self._loss_scaled
 
   def loss_scale(self):
     """The factor the loss is multiplied by before differentiation."""
@@ -76,15 +90,18 @@ class GradientUpdate:
       return tf.cast(self._optimizer.dynamic_scale, tf.float32)
     return tf.constant(1.0)
 
-  def apply(self, gradients, loss_scale, head_losses):
+  def apply(self, gradients, loss_scale, head_losses, allowed) -> Outcome:
     """Applies this replica's (scaled, local) gradients of its share of the loss.
 
-    `head_losses` are this replica's per-head loss sums. A step is applied
-    only if every head's loss (on every replica) and the reduced gradients
-    are finite; otherwise the weights stay untouched and it is counted.
-    Returns whether the step was healthy (the same on every replica): every
-    head's loss finite, and the gradients finite unless loss scaling is on
-    (an overflow there is routine: the step is skipped and the scale lowered).
+    `head_losses` are this replica's per-head loss sums; `allowed` (a bool,
+    the same on every replica) is False once the loop has stopped or when
+    the batch failed its checks. A step is applied only if it is allowed and
+    every head's loss (on every replica) and the reduced gradients are
+    finite; otherwise the weights and the optimizer's state stay untouched.
+    An allowed step that is not finite is counted (`skipped_steps`, per head
+    `nonfinite_losses`) and, under loss scaling, halves the scale. Nothing
+    here branches: the update is gated by selects, on one replica inside the
+    step's XLA program, with several in the cross-replica context.
     """
     bad_heads = all_reduce_sum(
         tf.cast(tf.logical_not(tf.math.is_finite(tf.stack(head_losses))), tf.float32),
@@ -93,56 +110,79 @@ class GradientUpdate:
     norm = tf.linalg.global_norm(reduced) / loss_scale
     losses_finite = tf.logical_not(tf.reduce_any(bad_heads))
     finite = tf.logical_and(tf.math.is_finite(norm), losses_finite)
-    self._gradient_norm.update_state(tf.where(finite, norm, 0.0), tf.cast(finite, tf.float32))
     local = gradients
     if self._loss_scaled or self._clip_norm:
       factor = 1.0 / loss_scale
       if self._clip_norm:
         factor *= tf.minimum(1.0, self._clip_norm / tf.where(finite, norm, 1.0))
       local = [g * tf.cast(factor, g.dtype) for g in gradients]
+    applied = tf.logical_and(allowed, finite)
+    rejected = tf.logical_and(allowed, tf.logical_not(finite))
     if self._replicas == 1:
-      self._apply_or_skip(local, finite, bad_heads)
+      self._apply_or_skip(local, applied, rejected, bad_heads)
     else:
-      tf.distribute.get_replica_context().merge_call(self._apply_cross_replica,
-                                                     args=(local, finite, bad_heads))
-    return losses_finite if self._loss_scaled else finite
+      tf.distribute.get_replica_context().merge_call(
+          self._apply_cross_replica, args=(local, applied, rejected, bad_heads))
+    return Outcome(applied, finite, losses_finite, bad_heads, norm)
 
-  def _apply_cross_replica(self, strategy, local, finite, bad_heads):
-    # Both are all-reduced, so every replica holds the same values.
-    finite = strategy.experimental_local_results(finite)[0]
-    bad_heads = strategy.experimental_local_results(bad_heads)[0]
-    def apply():
-      strategy.extended.call_for_each_replica(self._inner_apply, args=(local,))
-      return tf.constant(True)
-    tf.cond(finite, apply, lambda: self._on_non_finite(bad_heads))
-    if self._loss_scaled:
-      tf.cond(finite, self._grow_loss_scale, lambda: tf.constant(True))
+  def _apply_cross_replica(self, strategy, local, applied, rejected, bad_heads):
+    """Several replicas: each applies its share, then every copy of every variable
+    keeps its old value where the step is not applied (a select per device, no
+    conditional: on GPUs a conditional's predicate would be read by the host)."""
+    # All were reduced, so every replica holds the same values.
+    first = lambda value: strategy.experimental_local_results(value)[0]
+    applied, rejected, bad_heads = first(applied), first(rejected), first(bad_heads)
+    copies = [copy for variable in self._state()
+              for copy in strategy.experimental_local_results(variable.value)]
+    old = []
+    for copy in copies:
+      with tf.device(copy.device):
+        old.append(tf.identity(copy))
+    strategy.extended.call_for_each_replica(self._inner_apply, args=(local,))
+    for copy, value in zip(copies, old):
+      with tf.device(copy.device):
+        copy.assign(tf.where(applied, copy.read_value(), value))
+    self._count(applied, rejected, bad_heads)
 
-  def _apply_or_skip(self, local, finite, bad_heads):
-    def apply():
-      self._inner_apply(local)
-      return self._grow_loss_scale() if self._loss_scaled else tf.constant(True)
-    tf.cond(finite, apply, lambda: self._on_non_finite(bad_heads))
+  def _state(self):
+    """The variables an update writes: the weights and the optimizer's own."""
+    optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
+    return [*self._variables, *optimizer.variables]
+
+  def _apply_or_skip(self, local, applied, rejected, bad_heads):
+    """One replica: apply, then keep the old values where the step is not applied.
+
+    A select, not a conditional: inside XLA a conditional around the update
+    copies every weight and optimizer slot in and out of it (seen here: 25%
+    slower steps, and longer compilation); XLA folds the write and the
+    select into one pass over each variable. (Keras's `stateless_apply`
+    would avoid the snapshots, but its TensorFlow backend refuses it, and
+    running `apply` in a `keras.StatelessScope` still writes the variables.)
+    """
+    state = self._state()
+    # Read now: a Keras variable's `.value` is the variable itself, not a snapshot.
+    old = [tf.identity(variable.value) for variable in state]
+    self._inner_apply(local)
+    for variable, value in zip(state, old):
+      variable.assign(tf.where(applied, variable.value, value))
+    self._count(applied, rejected, bad_heads)
 
   def _inner_apply(self, gradients):
     optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
     optimizer.apply(gradients, self._variables)
 
-  def _grow_loss_scale(self):
-    """LossScaleOptimizer's rule: double the scale after `dynamic_growth_steps` finite steps."""
+  def _count(self, applied, rejected, bad_heads):
+    """Counts a rejected step and moves the loss scale, without a branch."""
+    self._skipped_steps.assign_add(tf.cast(rejected, tf.int64))
+    self._nonfinite_losses.assign_add(tf.cast(bad_heads & rejected, tf.int64))
+    if not self._loss_scaled:
+      return
+    # LossScaleOptimizer's rule: halve on overflow; double after
+    # `dynamic_growth_steps` applied steps in a row.
     optimizer = self._optimizer
-    at_growth = tf.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1)
-    optimizer.dynamic_scale.assign(tf.where(at_growth, optimizer.dynamic_scale * 2.0,
-                                            optimizer.dynamic_scale))
-    optimizer.step_counter.assign(tf.where(at_growth, tf.zeros_like(optimizer.step_counter),
-                                           optimizer.step_counter + 1))
-    return tf.constant(True)
-
-  def _on_non_finite(self, bad_heads):
-    """A step whose losses or gradients are not finite: skipped, the loss scale halved."""
-    self._nonfinite_losses.assign_add(tf.cast(bad_heads, tf.int64))
-    if self._loss_scaled:
-      self._optimizer.step_counter.assign(tf.zeros_like(self._optimizer.step_counter))
-      self._optimizer.dynamic_scale.assign(self._optimizer.dynamic_scale * 0.5)
-    self._skipped_steps.assign_add(1)
-    return tf.constant(False)
+    scale, counter = optimizer.dynamic_scale, optimizer.step_counter
+    at_growth = applied & tf.equal(counter, optimizer.dynamic_growth_steps - 1)
+    optimizer.dynamic_scale.assign(tf.where(rejected, scale * 0.5,
+                                            tf.where(at_growth, scale * 2.0, scale)))
+    optimizer.step_counter.assign(tf.where(rejected | at_growth, tf.zeros_like(counter),
+                                           tf.where(applied, counter + 1, counter)))

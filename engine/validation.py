@@ -1,20 +1,19 @@
 """Checks of batches against the heads' label specs.
 
-Two layers: `check_element_spec` runs on the host before anything is traced
-(keys, ranks, dtypes), and `assert_label_values` runs in the graph, outside
-XLA, before each step: under XLA an out-of-range class id makes the loss
-silently NaN, and `tf.debugging` asserts inside a compiled function are
-ignored. Errors name the head with what was expected and what came.
+Two layers. `check_element_spec` runs on the host before anything is traced
+(keys, ranks, dtypes). `BatchChecks` counts, inside the compiled step, the
+values no head may see: class ids out of range, labels that are not finite
+or outside their range, negative or non-finite sample weights, NaN or Inf
+float features. Under XLA an out-of-range class id silently makes the loss
+NaN and `tf.debugging` assertions are ignored, so the step computes counts
+(and the range of what came) instead, the loop stops applying steps from
+the first bad batch, and the host raises after the loop with `message`.
+Errors name the head (or feature) with what was expected and what came.
 """
-
-import re
 
 import tensorflow as tf
 
-# Marks the in-graph assertion messages so the trainer can re-raise them as a
-# plain ValueError without TensorFlow's graph context around them.
-_MARK = "Invalid batch for head"
-_FEATURES_MARK = "Invalid batch: features"
+from heads import base
 
 
 def check_element_spec(element_spec, heads):
@@ -39,6 +38,19 @@ def check_element_spec(element_spec, heads):
   return features, labels, weights
 
 
+def check_train_arguments(dataset, steps, eval_dataset, heads, best_metric):
+  """`Trainer.train`'s arguments, checked before anything is built; the features' spec."""
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    raise ValueError(f"steps must be an integer >= 0; received {steps!r}.")
+  features_spec, _, _ = check_element_spec(dataset.element_spec, heads)
+  if best_metric is not None and eval_dataset is None:
+    raise ValueError(f"best_metric={best_metric!r} needs evaluations: pass eval_dataset to "
+                     "train (and set eval_every to evaluate during training).")
+  if eval_dataset is not None:
+    check_element_spec(eval_dataset.element_spec, heads)
+  return features_spec
+
+
 def _check_keys(what, spec, names, require_all):
   if not isinstance(spec, dict):
     raise ValueError(
@@ -60,10 +72,10 @@ def _check_keys(what, spec, names, require_all):
 
 
 def _check_label(head, spec):
-  forms = " or ".join(form.describe() for form in head.accepted_label_specs)
+  forms = " or ".join(form.describe() for form in head.label_specs)
   if not isinstance(spec, tf.TensorSpec):
     raise ValueError(f"Head '{head.name}': labels must be dense {forms}; received {spec}.")
-  if head.label_spec_for(spec) is None:
+  if base.matching_label_spec(head, spec) is None:
     raise ValueError(
         f"Head '{head.name}': labels must be {forms}; received {spec.dtype.name} "
         f"of shape {_shape(spec.shape)}.")
@@ -90,80 +102,120 @@ def _shape(shape):
                          for i, d in enumerate(shape.as_list())) + "]"
 
 
-def assert_label_values(heads, labels, weights):
-  """In-graph checks that every present label lies in its head's range.
+class BatchChecks:
+  """The in-graph checks of a batch's values, one row per check.
 
-  Class ids must lie in [0, num_classes) (or equal the ignore value); floats
-  must be finite and inside the value range. Only labels with a non-zero
-  weight are checked: a weight of 0 marks an absent label whose placeholder
-  may be anything. Returns the assertion ops (empty in eager mode).
+  Rows: for each head, its labels then its sample weights; then each float
+  feature (in `tf.nest` order). `compute` returns `[rows, 3]` float32:
+  (number of bad values, lowest and highest value that came), and
+  `message(row, ...)` the error for a row whose count is not 0. The layout
+  depends only on the heads and the features' structure, so a trace and the
+  host agree on it.
   """
-  checks = []
-  for head in heads:
-    y = labels[head.name]
-    form = head.label_spec_for(tf.TensorSpec.from_tensor(y))
-    present = tf.ones_like(y, tf.bool)
-    w = weights.get(head.name)
-    if w is not None:
-      w = w != 0
-      for _ in range(y.shape.rank - w.shape.rank):
-        w = w[..., tf.newaxis]
-      present = tf.logical_and(present, w)
-    if form.dtype.is_integer and form.num_classes is not None:
-      y = tf.cast(y, tf.int64)
-      if form.ignore_value is not None:
-        present = tf.logical_and(present, tf.not_equal(y, form.ignore_value))
-      values = tf.boolean_mask(y, present)
-      ok = tf.reduce_all((values >= 0) & (values < form.num_classes))
-      expected = f"class ids must be in [0, {form.num_classes})"
-    elif form.dtype.is_floating:
-      values = tf.boolean_mask(tf.cast(y, tf.float32), present)
-      ok = tf.reduce_all(tf.math.is_finite(values))
-      expected = "labels must be finite"
-      if form.value_range is not None:
-        low, high = form.value_range
-        ok = tf.logical_and(ok, tf.reduce_all((values >= low) & (values <= high)))
-        expected = f"labels must be finite and in [{low:g}, {high:g}]"
-    else:
-      continue
-    checks.append(tf.debugging.Assert(ok, [
-        f"{_MARK} '{head.name}': {expected}; received values from",
-        tf.reduce_min(values), "to", tf.reduce_max(values)], summarize=1))
-  return checks
+
+  def __init__(self, heads, features_spec):
+    self.heads = list(heads)
+    self._features = _named_features(features_spec)
+    self.rows = 2 * len(self.heads) + len(self._features)
+
+  def compute(self, features, labels, weights):
+    """[rows, 3]: (bad count, low, high) per check, over this batch (XLA-safe)."""
+    rows = []
+    for head in self.heads:
+      y, w = labels[head.name], weights.get(head.name)
+      rows.append(_label_row(head, y, w))
+      rows.append(_weight_row(w))
+    for value in tf.nest.flatten(features):
+      rows.append(_feature_row(value))
+    return tf.stack(rows)
+
+  @staticmethod
+  def reduce_over_replicas(rows, replicas):
+    """Sums the counts and takes the overall low and high of every replica's rows."""
+    if replicas == 1:
+      return rows
+    gathered = tf.distribute.get_replica_context().all_gather(rows[tf.newaxis], axis=0)
+    return tf.stack([tf.reduce_sum(gathered[:, :, 0], 0), tf.reduce_min(gathered[:, :, 1], 0),
+                     tf.reduce_max(gathered[:, :, 2], 0)], axis=1)
+
+  def message(self, row: int, count: float, low: float, high: float, labels_spec) -> str:
+    """The error for `row`; `labels_spec` is the batches' label spec (which form came)."""
+    if row < 2 * len(self.heads):
+      head = self.heads[row // 2]
+      if row % 2:
+        return (f"Head '{head.name}': sample weights must be finite and >= 0; received "
+                f"{count:g} bad values, from {low:g} to {high:g}")
+      form = base.matching_label_spec(head, labels_spec[head.name])
+      if form.dtype.is_integer:
+        expected = f"class ids must be in [0, {form.num_classes})"
+      elif form.value_range is not None:
+        expected = f"labels must be finite and in [{form.value_range[0]:g}, " \
+                   f"{form.value_range[1]:g}]"
+      else:
+        expected = "labels must be finite"
+      return f"Head '{head.name}': {expected}; received values from {low:g} to {high:g}"
+    name = self._features[row - 2 * len(self.heads)][0]
+    return (f"Features '{name}' hold {count:g} NaN or infinite values in a batch; expected "
+            "finite floats. Clean or impute them in the input pipeline")
 
 
-def assert_finite_features(features):
-  """In-graph checks that float features hold no NaN or Inf; the assertion ops.
+def _named_features(features_spec):
+  if isinstance(features_spec, dict):
+    flat = tf.nest.flatten_with_joined_string_paths(features_spec)
+  else:
+    flat = [("features", spec) for spec in tf.nest.flatten(features_spec)]
+  return [(name, spec) for name, spec in flat]
 
-  Under XLA a NaN feature only shows up later as a NaN loss of every head;
-  this names the feature instead.
+
+def _row(bad, values, present):
+  """(count of bad, min and max of the present values) as float32 [3].
+
+  Two reductions (a sum; one maximum over the negated and plain values):
+  this runs inside the compiled step, where each reduction is compiled code.
   """
-  checks = []
-  flat = (tf.nest.flatten_with_joined_string_paths(features) if isinstance(features, dict)
-          else [("features", features)])
-  for name, value in flat:
-    if not value.dtype.is_floating:
-      continue
-    bad = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(value)), tf.int64))
-    checks.append(tf.debugging.Assert(tf.equal(bad, 0), [
-        f"{_FEATURES_MARK} '{name}' hold", bad, "NaN or infinite values"], summarize=1))
-  return checks
+  values = tf.reshape(tf.cast(values, tf.float32), [-1])
+  present = tf.reshape(present, [-1])
+  count = tf.reduce_sum(tf.cast(tf.reshape(bad, [-1]), tf.float32))
+  extremes = tf.reduce_max(tf.stack([tf.where(present, -values, float("-inf")),
+                                     tf.where(present, values, float("-inf"))]), axis=1)
+  return tf.stack([count, -extremes[0], extremes[1]])
 
 
-def as_value_error(error: tf.errors.InvalidArgumentError):
-  """The ValueError an in-graph label assertion stands for, or None.
+def _label_row(head, y, w):
+  """Only labels with a non-zero weight count: a weight of 0 marks an absent label."""
+  form = base.matching_label_spec(head, tf.TensorSpec.from_tensor(y))
+  present = tf.ones_like(y, tf.bool)
+  if w is not None:
+    w = w != 0
+    for _ in range(y.shape.rank - w.shape.rank):
+      w = w[..., tf.newaxis]
+    present = present & w
+  if form.dtype.is_integer:
+    ids = tf.cast(y, tf.int64)
+    if form.ignore_value is not None:
+      present = present & tf.not_equal(ids, form.ignore_value)
+    bad = present & ((ids < 0) | (ids >= form.num_classes))
+    return _row(bad, ids, present)
+  values = tf.cast(y, tf.float32)
+  bad = tf.logical_not(tf.math.is_finite(values))
+  if form.value_range is not None:
+    low, high = form.value_range
+    bad = bad | (values < low) | (values > high)
+  return _row(present & bad, values, present)
 
-  TensorFlow prints an assertion as `[message] [min] [to] [max]`, with
-  quotes escaped; this turns it back into one sentence.
-  """
-  text = error.message.replace("\\'", "'")
-  match = re.search(re.escape(_FEATURES_MARK) + r" '(.*?)' hold\] \[(\d+)\]", text)
-  if match is not None:
-    name, count = match.groups()
-    return ValueError(f"Features '{name}' hold {count} NaN or infinite values in a batch; "
-                      "expected finite floats. Clean or impute them in the input pipeline.")
-  match = re.search(re.escape(_MARK) + r"(.*?)\] \[([^\]]*)\] \[to\] \[([^\]]*)\]", text)
-  if match is None:
-    return None
-  detail, low, high = match.groups()
-  return ValueError(f"Head{detail} {low} to {high}.")
+
+def _weight_row(w):
+  if w is None:
+    return tf.constant([0.0, 1.0, 1.0])
+  w = tf.cast(w, tf.float32)
+  bad = tf.logical_not(tf.math.is_finite(w)) | (w < 0)
+  return _row(bad, w, tf.ones_like(w, tf.bool))
+
+
+def _feature_row(value):
+  if not value.dtype.is_floating:
+    return tf.zeros([3])
+  bad = tf.logical_not(tf.math.is_finite(value))
+  return tf.stack([tf.reduce_sum(tf.cast(bad, tf.float32)), 0.0, 0.0])
+
+

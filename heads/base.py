@@ -1,28 +1,41 @@
-"""The head protocol: what the engine may ask of every head.
+"""The head contract: what every head gives the engine, documented once.
 
 A head is one named output of a multi-head model. It is a Keras layer so that
 its variables are tracked, follow the mixed-precision policy and are exported
-with the model. The engine calls, in this order:
+with the model.
 
-1. `call(features, training)` on the trunk's output, once per step: logits.
-2. `loss_and_metric_terms(labels, logits, sample_weight, training)`:
-   `(loss_sum, weight_sum, metric_terms)` over the local batch. The engine
-   divides the all-reduced sums, so the loss is a weighted mean over the
-   *global* batch whatever the number of replicas. `metric_terms` is `{}`
-   except for heads whose loss pass computes what their metrics need
-   (`fused_metric_terms`); `loss_terms` is the same without it.
-3. `update_metrics(labels, logits, sample_weight, metric_terms)`: accumulates
-   the head's Keras metrics (sums and counts, so replicas and batches add up
-   exactly).
-4. `predict(logits)`: the only place the normaliser is applied.
+A new head implements six members (see `SoftmaxHead` for a complete one):
 
-Subclasses implement `label_spec`, `call`, `per_example_loss`, `predict` and
-`_update_metrics`; the masking of absent labels lives here, once.
+- `label_specs`: a tuple of `LabelSpec`, every label form a batch may use;
+  the first is the form TFRecords are parsed with.
+- `call(features, training)`: the logits.
+- `per_example_loss(labels, logits)`: float32 loss per example (or token),
+  from logits, with a stable normaliser.
+- `main_metric_values(labels, logits)`: float32 value per example (or
+  token) of the head's `main_metric`, the one metric tracked in training.
+- `predict(logits)`: serving outputs; the only place the normaliser is applied.
+- `_update_metrics(labels, logits, sample_weight)`: the full metric set.
+
+The engine calls, per step:
+
+1. `call` on the trunk's output: logits.
+2. `loss_terms(labels, logits, sample_weight, training)` ->
+   `(loss_sum, weight_sum, extras)`, float32 sums over the local batch. The
+   engine all-reduces the sums and divides, so the loss is a weighted mean
+   over the *global* batch whatever the number of replicas. `extras` holds
+   more sums: `extras[main_metric]` and `extras["metric_weight"]` (the
+   training metric), and whatever else the head's loss pass computes anyway.
+3. `update_metrics(labels, logits, sample_weight, extras)`, at evaluation (and
+   in training with `train_metrics="full"`): the head's Keras metrics, kept as
+   sums and counts so replicas and batches add up exactly.
+4. `predict(logits)`, at serving.
+
+The masking of absent labels (weight 0) lives here, once: no subclass sees a
+placeholder label.
 """
 
 import dataclasses
 from typing import Optional
-import warnings
 
 import keras
 import tensorflow as tf
@@ -34,8 +47,8 @@ from heads import weighting
 class LabelSpec:
   """What one example's label must look like.
 
-  Used by the engine to validate batches before the compiled step (under XLA
-  an out-of-range class id silently gives NaN) and to parse TFRecords.
+  Used by the engine to check batches inside the compiled step (under XLA an
+  out-of-range class id silently gives NaN) and to parse TFRecords.
 
   Attributes:
     shape: shape of one example's label, without the batch dimension.
@@ -77,7 +90,7 @@ class LabelSpec:
 
 
 class Head(keras.layers.Layer):
-  """Base class of all heads; see the module docstring for the protocol.
+  """Base class of all heads; the module docstring is the contract.
 
   Args:
     name: unique name; the key of this head in labels, sample weights,
@@ -91,11 +104,9 @@ class Head(keras.layers.Layer):
   # "regression" or "classification": the likelihood behind the loss, which
   # learned uncertainty weighting needs.
   task = "classification"
-
-  # Names of the float32 scalar sums `loss_and_metric_terms` returns for the
-  # metrics, when the loss pass computes them anyway (the fused large-vocabulary
-  # head); the engine sums them over micro-batches and hands them back.
-  fused_metric_terms = ()
+  # The metric tracked in training (from `main_metric_values`), reported as
+  # "<head>/<main_metric>" like the evaluation's metric of the same name.
+  main_metric = "accuracy"
 
   def __init__(self, name: str, *, weight=1.0,
                input: Optional[str] = None, **kwargs):  # pylint: disable=redefined-builtin
@@ -113,21 +124,12 @@ class Head(keras.layers.Layer):
     weight.bind(self)
     self.input_key = input
 
-  # --- implemented by subclasses -------------------------------------------
+  # --- implemented by each head ----------------------------------------------
 
   @property
-  def label_spec(self) -> LabelSpec:
-    """The label form TFRecords are parsed with, and the first one accepted."""
+  def label_specs(self) -> tuple:
+    """Every label form a batch may use; the first is the one TFRecords are parsed with."""
     raise NotImplementedError
-
-  @property
-  def accepted_label_specs(self) -> tuple:
-    """Every label form a batch may use; heads with several override this."""
-    return (self.label_spec,)
-
-  def label_spec_for(self, spec: tf.TensorSpec) -> Optional[LabelSpec]:
-    """The accepted form that a batch's labels of this spec match, or None."""
-    return next((form for form in self.accepted_label_specs if form.accepts(spec)), None)
 
   @property
   def per_token_weights(self) -> bool:
@@ -138,6 +140,10 @@ class Head(keras.layers.Layer):
     """Float32 loss per example, shape [batch], from logits (never probabilities)."""
     raise NotImplementedError
 
+  def main_metric_values(self, labels, logits):
+    """Float32 value of `main_metric` per example (or token); labels are cleaned."""
+    raise NotImplementedError
+
   def predict(self, logits) -> dict:
     """Serving outputs, e.g. {"probabilities", "classes"} or {"values"}."""
     raise NotImplementedError
@@ -146,7 +152,39 @@ class Head(keras.layers.Layer):
     """Updates this head's Keras metrics; labels are already cleaned."""
     raise NotImplementedError
 
-  # --- shared by all heads -------------------------------------------------
+  # --- what the engine calls -------------------------------------------------
+
+  def loss_terms(self, labels, logits, sample_weight=None, training=False):
+    """`(sum_i w_i * loss_i, sum_i w_i, extras)`, float32, over the local batch.
+
+    `w_i` is `loss_weights` (sample weight times any class weight). `extras`
+    holds `main_metric` and "metric_weight": the weighted sum of the main
+    metric and the sum of the metric weights (`example_weights`: class
+    weights change what is optimised, not how predictions are scored).
+    `training`: the loss's gradients will be taken (heads whose loss pass
+    computes its own gradients use it).
+    """
+    del training  # Autodiff does it all for heads whose logits exist.
+    labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
+    metric_weights = self.example_weights(labels, sample_weight)
+    weights = self.loss_weights(labels, sample_weight)
+    labels = self._clean_labels(labels, metric_weights)
+    return (_weighted_sum(self.per_example_loss(labels, logits), weights),
+            tf.reduce_sum(weights),
+            {self.main_metric: _weighted_sum(self.main_metric_values(labels, logits),
+                                             metric_weights),
+             "metric_weight": tf.reduce_sum(metric_weights)})
+
+  def update_metrics(self, labels, logits, sample_weight=None, extras=None):
+    """Accumulates the head's metrics over the examples that have a label.
+
+    `extras`: what `loss_terms` returned for the same batch (heads whose
+    metrics come from their loss pass read it).
+    """
+    del extras
+    labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
+    weights = self.example_weights(labels, sample_weight)
+    self._update_metrics(self._clean_labels(labels, weights), logits, weights)
 
   def metric_results(self) -> dict:
     """{metric name: value} of the head's metrics, read when they are reported."""
@@ -163,43 +201,8 @@ class Head(keras.layers.Layer):
     return tf.cast(sample_weight, tf.float32)
 
   def loss_weights(self, labels, sample_weight=None):
-    """Float32 loss weight per example: `example_weights` times any class weight.
-
-    Metrics use `example_weights` only: class weights change what the model
-    optimises, not how its predictions are scored.
-    """
+    """Float32 loss weight per example: `example_weights` times any class weight."""
     return self.example_weights(labels, sample_weight)
-
-  def loss_terms(self, labels, logits, sample_weight=None):
-    """Returns float32 `(sum_i w_i * loss_i, sum_i w_i)` over the local batch."""
-    labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
-    weights = self.loss_weights(labels, sample_weight)
-    labels = self._clean_labels(labels, weights)
-    losses = self.per_example_loss(labels, logits)
-    # tf.where, not a product: a loss that is NaN where the label is absent
-    # must not leak into the sum (0 * NaN is NaN).
-    weighted = tf.where(weights > 0, losses * weights, tf.zeros_like(losses))
-    return tf.reduce_sum(weighted), tf.reduce_sum(weights)
-
-  def loss_and_metric_terms(self, labels, logits, sample_weight=None, training=False):
-    """`(loss_sum, weight_sum, {name: sum for name in fused_metric_terms})`.
-
-    `training`: the loss's gradients will be taken, so a fused head may
-    compute them in the same pass.
-    """
-    del training  # Autodiff does it all for heads whose logits exist.
-    return (*self.loss_terms(labels, logits, sample_weight), {})
-
-  def update_metrics(self, labels, logits, sample_weight=None, metric_terms=None):
-    """Accumulates the head's metrics over the examples that have a label.
-
-    `metric_terms`: what `loss_and_metric_terms` returned for the same batch
-    (used by heads with `fused_metric_terms`).
-    """
-    del metric_terms
-    labels, logits = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
-    weights = self.example_weights(labels, sample_weight)
-    self._update_metrics(self._clean_labels(labels, weights), logits, weights)
 
   def _clean_labels(self, labels, weights):
     """Replaces labels of weight-0 examples by zeros.
@@ -213,55 +216,12 @@ class Head(keras.layers.Layer):
     return tf.where(present, labels, tf.zeros_like(labels))
 
 
-_DOUBLE_SOFTMAX_POLICIES = ("warn", "raise", "ignore")
+def _weighted_sum(values, weights):
+  # tf.where, not a product: a value that is NaN where the label is absent
+  # must not leak into the sum (0 * NaN is NaN).
+  return tf.reduce_sum(tf.where(weights > 0, values * weights, tf.zeros_like(values)))
 
 
-class DistributionHead(Head):
-  """A head whose outputs are logits of a distribution over classes.
-
-  Adds the double-softmax guard: a head fed probabilities instead of logits
-  (its trunk ends in a softmax, or its logits are already normalised) learns
-  badly without any error. `double_softmax` says what to do: "warn" (once
-  per head), "raise" or "ignore". The engine checks one real batch before
-  training; `loss_terms` also checks when run eagerly.
-  """
-
-  def __init__(self, name: str, *, double_softmax: str = "warn", **kwargs):
-    super().__init__(name, **kwargs)
-    if double_softmax not in _DOUBLE_SOFTMAX_POLICIES:
-      raise ValueError(f"Head '{name}': double_softmax must be one of "
-                       f"{_DOUBLE_SOFTMAX_POLICIES}; received {double_softmax!r}.")
-    self.double_softmax = double_softmax
-    self._warned = False
-
-  def check_inputs(self, features=None, logits=None):
-    """Eager check that neither the head's input nor its logits are probabilities."""
-    for what, tensor in (("its input features", features), ("its logits", logits)):
-      if tensor is not None and _looks_like_probabilities(tensor):
-        self._report(
-            f"Head '{self.name}': {what} look like probabilities (every row in [0, 1], "
-            "summing to 1). Heads normalise logits themselves: remove the softmax "
-            "from the trunk or head input, or pass double_softmax='ignore'.")
-        return
-
-  def loss_terms(self, labels, logits, sample_weight=None):
-    if tf.executing_eagerly() and self.double_softmax != "ignore":
-      self.check_inputs(logits=logits)
-    return super().loss_terms(labels, logits, sample_weight)
-
-  def _report(self, message):
-    if self.double_softmax == "raise":
-      raise ValueError(message)
-    if self.double_softmax == "warn" and not self._warned:
-      self._warned = True
-      warnings.warn(message, UserWarning, stacklevel=3)
-
-
-def _looks_like_probabilities(tensor) -> bool:
-  tensor = tf.convert_to_tensor(tensor)
-  if not tensor.dtype.is_floating or tensor.shape.rank < 2 or tensor.shape[-1] < 2:
-    return False
-  values = tf.cast(tensor, tf.float32)
-  in_unit_interval = tf.reduce_all((values >= 0.0) & (values <= 1.0))
-  sums_to_one = tf.reduce_all(tf.abs(tf.reduce_sum(values, axis=-1) - 1.0) < 1e-3)
-  return bool(in_unit_interval and sums_to_one)
+def matching_label_spec(head: Head, spec: tf.TensorSpec) -> Optional[LabelSpec]:
+  """The form in `head.label_specs` that a batch's labels of this spec match, or None."""
+  return next((form for form in head.label_specs if form.accepts(spec)), None)

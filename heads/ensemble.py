@@ -3,13 +3,13 @@
 import keras
 import tensorflow as tf
 
-from heads import base
+from heads import guard
 from heads import losses
 from heads import metrics as metrics_lib
 from heads import softmax
 
 
-class EnsembleHead(base.DistributionHead):
+class EnsembleHead(guard.DistributionHead):
   """K `SoftmaxHead` members on the same input, predicting one distribution.
 
   Each member is trained on its own loss, as in deep ensembles: the
@@ -56,12 +56,8 @@ class EnsembleHead(base.DistributionHead):
     return [getattr(self, f"member_{name}") for name in self.member_names]
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return self.members[0].label_spec
-
-  @property
-  def accepted_label_specs(self) -> tuple:
-    return self.members[0].accepted_label_specs
+  def label_specs(self) -> tuple:
+    return self.members[0].label_specs
 
   def call(self, features, training=False):
     return tf.stack([member(features, training=training) for member in self.members],
@@ -77,6 +73,9 @@ class EnsembleHead(base.DistributionHead):
   def per_example_loss(self, labels, logits):
     return tf.add_n([member.per_example_loss(labels, logits[:, k])
                      for k, member in enumerate(self.members)]) / len(self.members)  # (B,)
+
+  def main_metric_values(self, labels, logits):
+    return softmax.correct(labels, self.combined_logits(logits))  # (B,)
 
   def predict(self, logits) -> dict:
     combined = self.combined_logits(logits)

@@ -182,9 +182,6 @@ class LargeVocabSoftmaxHead(base.Head):
     chunk_size: tokens per chunk; by default about 8M logits per chunk.
   """
 
-  # The loss pass returns these weighted sums; the metrics read them.
-  fused_metric_terms = ("nll_sum", "hits_sum")
-
   def __init__(self, name: str, vocab_size: int, chunk_size: Optional[int] = None,
                label_smoothing: float = 0.0, z_loss: float = 0.0, ignore_label: int = -1,
                **kwargs):
@@ -214,15 +211,9 @@ class LargeVocabSoftmaxHead(base.Head):
     self.logits_layer.build(input_shape)
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return base.LabelSpec(shape=(None,), dtype=tf.int64, num_classes=self.vocab_size,
-                          ignore_value=self.ignore_label)
-
-  @property
-  def accepted_label_specs(self) -> tuple:
-    one_per_example = base.LabelSpec(shape=(), dtype=tf.int64, num_classes=self.vocab_size,
-                                     ignore_value=self.ignore_label)
-    return (self.label_spec, one_per_example)
+  def label_specs(self) -> tuple:
+    return tuple(base.LabelSpec(shape=shape, dtype=tf.int64, num_classes=self.vocab_size,
+                                ignore_value=self.ignore_label) for shape in ((None,), ()))
 
   @property
   def per_token_weights(self) -> bool:
@@ -235,7 +226,8 @@ class LargeVocabSoftmaxHead(base.Head):
   def example_weights(self, labels, sample_weight=None):
     return sequence.token_weights(labels, self.ignore_label, sample_weight)
 
-  def loss_and_metric_terms(self, labels, logits, sample_weight=None, training=False):
+  def loss_terms(self, labels, logits, sample_weight=None, training=False):
+    """The base contract's sums; `extras` also holds "nll", for the perplexity."""
     labels, features = tf.convert_to_tensor(labels), tf.convert_to_tensor(logits)
     weights = self.example_weights(labels, sample_weight)
     labels = self._clean_labels(labels, weights)
@@ -250,20 +242,19 @@ class LargeVocabSoftmaxHead(base.Head):
         self.logits_layer.bias.value, tf.reshape(labels, [-1]), tf.reshape(weights, [-1]),
         chunk_size=self.chunk_size, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
         training=training)
-    return loss_sum, tf.reduce_sum(weights), {"nll_sum": nll_sum, "hits_sum": hits_sum}
+    weight_sum = tf.reduce_sum(weights)
+    return loss_sum, weight_sum, {"accuracy": hits_sum, "nll": nll_sum,
+                                  "metric_weight": weight_sum}
 
-  def loss_terms(self, labels, logits, sample_weight=None):
-    return self.loss_and_metric_terms(labels, logits, sample_weight)[:2]
-
-  def update_metrics(self, labels, logits, sample_weight=None, metric_terms=None):
-    labels = tf.convert_to_tensor(labels)
-    weight_sum = tf.reduce_sum(self.example_weights(labels, sample_weight))
-    if not metric_terms:
-      _, weight_sum, metric_terms = self.loss_and_metric_terms(labels, logits, sample_weight)
+  def update_metrics(self, labels, logits, sample_weight=None, extras=None):
+    """From `extras` of the same batch when given (no second projection)."""
+    if not extras:
+      extras = self.loss_terms(labels, logits, sample_weight)[2]
+    weight_sum = extras["metric_weight"]
     # A Mean of s / w with weight w accumulates exactly s and w.
-    self.accuracy.update_state(tf.math.divide_no_nan(metric_terms["hits_sum"], weight_sum),
+    self.accuracy.update_state(tf.math.divide_no_nan(extras["accuracy"], weight_sum),
                                sample_weight=weight_sum)
-    self.perplexity.update_state(tf.math.divide_no_nan(metric_terms["nll_sum"], weight_sum),
+    self.perplexity.update_state(tf.math.divide_no_nan(extras["nll"], weight_sum),
                                  sample_weight=weight_sum)
 
   def predict(self, logits) -> dict:

@@ -17,6 +17,7 @@ class RegressionHead(base.Head):
   """
 
   task = "regression"
+  main_metric = "mae"
 
   def __init__(self, name: str, units: int, loss: str = "mse",
                delta: float = 1.0, **kwargs):
@@ -35,8 +36,8 @@ class RegressionHead(base.Head):
     self.rmse = keras.metrics.RootMeanSquaredError(name="rmse")
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return base.LabelSpec(shape=(self.units,), dtype=tf.float32)
+  def label_specs(self) -> tuple:
+    return (base.LabelSpec(shape=(self.units,), dtype=tf.float32),)
 
   def call(self, features, training=False):
     del training
@@ -48,6 +49,9 @@ class RegressionHead(base.Head):
     if self.loss_name == "mae":
       return losses.mean_absolute_error(labels, logits)
     return losses.huber(labels, logits, self.delta)
+
+  def main_metric_values(self, labels, logits):
+    return losses.mean_absolute_error(labels, logits)  # (B,)
 
   def predict(self, logits) -> dict:
     return {"values": tf.cast(logits, tf.float32)}

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from heads import base
+from heads import guard
 from heads import losses
 from heads import metrics as metrics_lib
 from heads import softmax
@@ -30,7 +31,7 @@ def token_weights(labels, ignore_label, sample_weight=None):
   return weights
 
 
-class SequenceSoftmaxHead(base.DistributionHead):
+class SequenceSoftmaxHead(guard.DistributionHead):
   """Logits `[batch, time, classes]` from features `[batch, time, width]`.
 
   Labels are class ids `[batch, time]`. Padding is masked out by the label
@@ -61,9 +62,9 @@ class SequenceSoftmaxHead(base.DistributionHead):
     self.perplexity = metrics_lib.Perplexity(name="perplexity")
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return base.LabelSpec(shape=(None,), dtype=tf.int64, num_classes=self.num_classes,
-                          ignore_value=self.ignore_label)
+  def label_specs(self) -> tuple:
+    return (base.LabelSpec(shape=(None,), dtype=tf.int64, num_classes=self.num_classes,
+                           ignore_value=self.ignore_label),)
 
   @property
   def per_token_weights(self) -> bool:
@@ -83,6 +84,9 @@ class SequenceSoftmaxHead(base.DistributionHead):
   def per_example_loss(self, labels, logits):
     return losses.softmax_cross_entropy(labels, logits, self.label_smoothing,
                                         ignore_value=self.ignore_label)  # (B, T)
+
+  def main_metric_values(self, labels, logits):
+    return softmax.correct(labels, logits)  # (B, T)
 
   def predict(self, logits) -> dict:
     logits = tf.cast(logits, tf.float32)

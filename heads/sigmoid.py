@@ -22,6 +22,8 @@ class SigmoidHead(base.Head):
   threshold), and the exact-match ratio (all classes right).
   """
 
+  main_metric = "exact_match"
+
   def __init__(self, name: str, num_classes: int,
                pos_weight: Optional[Sequence[float]] = None, threshold: float = 0.5, **kwargs):
     super().__init__(name, **kwargs)
@@ -46,13 +48,10 @@ class SigmoidHead(base.Head):
     self.exact_match = keras.metrics.Mean(name="exact_match")
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return base.LabelSpec(shape=(self.num_classes,), dtype=tf.float32, value_range=(0.0, 1.0))
-
-  @property
-  def accepted_label_specs(self) -> tuple:
+  def label_specs(self) -> tuple:
+    multi_hot = base.LabelSpec(shape=(self.num_classes,), dtype=tf.float32, value_range=(0.0, 1.0))
     multi_hot_ids = base.LabelSpec(shape=(self.num_classes,), dtype=tf.int64, num_classes=2)
-    return (self.label_spec, multi_hot_ids)
+    return (multi_hot, multi_hot_ids)
 
   def call(self, features, training=False):
     del training
@@ -60,6 +59,15 @@ class SigmoidHead(base.Head):
 
   def per_example_loss(self, labels, logits):
     return losses.sigmoid_cross_entropy(labels, logits, self.pos_weight)  # (B,)
+
+  def main_metric_values(self, labels, logits):
+    return self._exact_matches(labels, tf.cast(logits, tf.float32))  # (B,)
+
+  def _exact_matches(self, labels, logits):
+    # probability >= threshold  <=>  logit >= logit(threshold).
+    predicted = tf.cast(tf.sigmoid(logits) >= self.threshold, tf.float32)
+    return tf.cast(tf.reduce_all(tf.equal(predicted, tf.cast(labels, tf.float32)), axis=-1),
+                   tf.float32)
 
   def predict(self, logits) -> dict:
     probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
@@ -74,6 +82,4 @@ class SigmoidHead(base.Head):
     self.macro_f1.update_state(labels, probabilities, sample_weight)
     token_weights = tf.broadcast_to(sample_weight[:, tf.newaxis], tf.shape(labels))
     self.roc_auc.update_state(labels, logits, token_weights)
-    predicted = tf.cast(probabilities >= self.threshold, tf.float32)
-    all_right = tf.reduce_all(tf.equal(predicted, labels), axis=-1)
-    self.exact_match.update_state(tf.cast(all_right, tf.float32), sample_weight)
+    self.exact_match.update_state(self._exact_matches(labels, logits), sample_weight)

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from heads import base
+from heads import guard
 from heads import losses
 from heads import metrics as metrics_lib
 
@@ -43,7 +44,13 @@ def apply_class_weights(class_weights, labels, weights):
   return weights * tf.gather(class_weights, ids)
 
 
-class SoftmaxHead(base.DistributionHead):
+def correct(labels, logits):
+  """1.0 where the top logit is the label (class ids, or the target's top class), else 0.0."""
+  ids = tf.argmax(labels, axis=-1) if labels.dtype.is_floating else labels
+  return tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(ids, tf.int64)), tf.float32)
+
+
+class SoftmaxHead(guard.DistributionHead):
   """Single-label classification from logits, with a softmax at prediction.
 
   Labels are class ids `[batch]` in [0, num_classes), or target
@@ -89,13 +96,10 @@ class SoftmaxHead(base.DistributionHead):
     self.mean_confidence = keras.metrics.Mean(name="mean_confidence")
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return base.LabelSpec(shape=(), dtype=tf.int64, num_classes=self.num_classes)
-
-  @property
-  def accepted_label_specs(self) -> tuple:
+  def label_specs(self) -> tuple:
+    ids = base.LabelSpec(shape=(), dtype=tf.int64, num_classes=self.num_classes)
     targets = base.LabelSpec(shape=(self.num_classes,), dtype=tf.float32, value_range=(0.0, 1.0))
-    return (self.label_spec, targets)
+    return (ids, targets)
 
   def call(self, features, training=False):
     del training  # No dropout of its own.
@@ -107,6 +111,9 @@ class SoftmaxHead(base.DistributionHead):
 
   def per_example_loss(self, labels, logits):
     return losses.softmax_cross_entropy(labels, logits, self.label_smoothing)  # (B,)
+
+  def main_metric_values(self, labels, logits):
+    return correct(labels, logits)  # (B,)
 
   def predict(self, logits) -> dict:
     logits = tf.cast(logits, tf.float32)

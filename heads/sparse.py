@@ -4,11 +4,13 @@ import keras
 import tensorflow as tf
 
 from heads import base
+from heads import guard
 from heads import metrics as metrics_lib
 from heads import normalisers
+from heads import softmax
 
 
-class _FenchelYoungHead(base.DistributionHead):
+class _FenchelYoungHead(guard.DistributionHead):
   """Class ids `[batch]`; a sparse normaliser; its Fenchel-Young loss.
 
   Metrics: accuracy, support_size (mean number of classes with non-zero
@@ -28,8 +30,8 @@ class _FenchelYoungHead(base.DistributionHead):
     self.ece = metrics_lib.ExpectedCalibrationError(num_bins=15, name="ece")
 
   @property
-  def label_spec(self) -> base.LabelSpec:
-    return base.LabelSpec(shape=(), dtype=tf.int64, num_classes=self.num_classes)
+  def label_specs(self) -> tuple:
+    return (base.LabelSpec(shape=(), dtype=tf.int64, num_classes=self.num_classes),)
 
   def normalise(self, logits):
     raise NotImplementedError
@@ -40,6 +42,9 @@ class _FenchelYoungHead(base.DistributionHead):
 
   def per_example_loss(self, labels, logits):
     return normalisers.fenchel_young_loss(labels, logits, self.normalise, self.alpha)  # (B,)
+
+  def main_metric_values(self, labels, logits):
+    return softmax.correct(labels, logits)  # The normalisers keep the order of the logits.
 
   def predict(self, logits) -> dict:
     return {"probabilities": self.normalise(logits),

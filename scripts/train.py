@@ -44,8 +44,13 @@ _NONFINITE = flags.DEFINE_enum(
     "A step whose loss or gradients are NaN/Inf is never applied; raise: stop naming the "
     "heads and the step; skip: count it per head (TensorBoard) and go on.")
 _HEAD_DIAGNOSTICS = flags.DEFINE_boolean(
-    "head_diagnostics", True, "On the last step of each loop, compute each head's gradient "
-    "norm on the trunk and the cosines between heads' gradients (TensorBoard).")
+    "head_diagnostics", True, "On the last step of each loop (from the second loop on), "
+    "compute each head's gradient norm on the trunk and the cosines between heads' gradients "
+    "(TensorBoard).")
+_TRAIN_METRICS = flags.DEFINE_enum(
+    "train_metrics", "basic", list(engine.config.TRAIN_METRICS),
+    "basic: each head's loss and main metric in training (sums inside the compiled step); "
+    "full: every evaluation metric in every training step (slower).")
 _PROFILE_STEPS = flags.DEFINE_list(
     "profile_steps", None, "START,END: trace steps START+1..END into model_dir for "
     "TensorBoard's Profile tab.")
@@ -73,7 +78,7 @@ def main(argv):
       steps_per_loop=_STEPS_PER_LOOP.value, checkpoint_every=_CHECKPOINT_EVERY.value,
       eval_every=_EVAL_EVERY.value, clip_norm=_CLIP_NORM.value or None,
       accumulation_steps=_ACCUMULATION_STEPS.value, nonfinite=_NONFINITE.value,
-      head_diagnostics=_HEAD_DIAGNOSTICS.value,
+      head_diagnostics=_HEAD_DIAGNOSTICS.value, train_metrics=_TRAIN_METRICS.value,
       profile_steps=_PROFILE_STEPS.value and tuple(int(s) for s in _PROFILE_STEPS.value),
       best_metric=_BEST_METRIC.value, best_metric_goal=_BEST_METRIC_GOAL.value)
   if _TRAIN_DATA.value:

@@ -51,7 +51,7 @@ def main(output, model_dir, steps=STEPS):
   initial = [v.numpy() for v in trainer.model.trainable_variables]
   results = trainer.train(dataset(), steps=steps)
   final = [v.numpy() for v in trainer.model.trainable_variables]
-  examples = float(trainer._examples.result()) / STEPS  # pylint: disable=protected-access
+  examples = trainer.last_train_scalars["examples"] / STEPS
   np.savez(output, *initial, *final, loss=results["loss"], examples_per_step=examples,
            replicas=trainer.strategy.num_replicas_in_sync)
 

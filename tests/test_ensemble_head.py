@@ -34,7 +34,7 @@ def test_loss_is_the_mean_of_the_members_losses_and_metrics_sit_side_by_side():
   logits = rng.normal(size=(16, 2, 3)).astype(np.float32) * 2
   labels = rng.integers(0, 3, size=16)
   head = _ensemble()
-  loss_sum, weight_sum = head.loss_terms(labels, logits)
+  loss_sum, weight_sum, _ = head.loss_terms(labels, logits)
   keras_sum = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
   expected = (keras_sum(labels, logits[:, 0]) + keras_sum(labels, logits[:, 1])) / 2
   np.testing.assert_allclose(loss_sum, expected, rtol=1e-6)

@@ -98,7 +98,7 @@ def _compute(head):
     with tf.GradientTape() as tape:
       tape.watch(x)
       logits = head(x)
-      loss_sum, weight_sum = head.loss_terms(labels, logits, weights)
+      loss_sum, weight_sum, _ = head.loss_terms(labels, logits, weights)
     gradients = tape.gradient(loss_sum, [x] + head.trainable_variables)
     return loss_sum, weight_sum, gradients, head.predict(logits)
   return compute
@@ -145,7 +145,7 @@ def test_two_replicas_reduce_to_the_one_device_result(name, two_replicas):
     def replica_step(features, y, w):
       with tf.GradientTape() as tape:
         logits = head(features)
-        loss_sum, weight_sum = head.loss_terms(y, logits, w)
+        loss_sum, weight_sum, _ = head.loss_terms(y, logits, w)
       head.update_metrics(y, logits, w)
       return loss_sum, weight_sum, tape.gradient(loss_sum, head.trainable_variables)
     per_replica = two_replicas.run(replica_step, args=batch)
@@ -155,7 +155,7 @@ def test_two_replicas_reduce_to_the_one_device_result(name, two_replicas):
     loss_sum, weight_sum, gradients = distributed(batch)
   logits = reference(x)
   with tf.GradientTape() as tape:
-    ref_sum, ref_weight = reference.loss_terms(labels, reference(x), weights)
+    ref_sum, ref_weight, _ = reference.loss_terms(labels, reference(x), weights)
   ref_gradients = tape.gradient(ref_sum, reference.trainable_variables)
   reference.update_metrics(labels, logits, weights)
   _assert_close([loss_sum / weight_sum, weight_sum], [ref_sum / ref_weight, ref_weight])
@@ -180,15 +180,42 @@ def test_trains_evaluates_and_predicts_in_the_engine(name, make_trainer):
   case = CASES[name]
   x, labels, weights = _batch(case, n=32, seed=1)
   trainer = make_trainer(trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
-                         head_list=[case.make()], steps_per_loop=2, jit_compile=True)
-  trainer.train(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8), steps=4)
-  results = trainer.evaluate(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8,
-                                        repeat=False))
+                         head_list=[case.make()], steps_per_loop=10, jit_compile=True,
+                         optimizer=keras.optimizers.Adam(0.02))
+  evaluation = dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8, repeat=False)
+  before = trainer.evaluate(evaluation)
+  trainer.train(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8), steps=20)
+  results = trainer.evaluate(evaluation)
   head = trainer.heads[0]
   assert {"loss", "h/loss"} | {f"h/{key}" for key in head.metric_results()} <= set(results)
   assert all(np.isfinite(value) for value in results.values())
+  assert results["h/loss"] < 0.95 * before["h/loss"]  # It learns the 32 examples.
   outputs = trainer.predict(x[:3])["h"]
   assert all(np.all(np.isfinite(value)) for value in outputs.values())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_training_metrics_equal_an_evaluation_of_the_same_batches(name, make_trainer, tmp_path):
+  """At a learning rate of 0 the weights stay put, so the loop's training
+  metrics ("basic": loss and main metric as sums in the step; "full": every
+  Keras metric) must equal an evaluation of the same four batches."""
+  case = CASES[name]
+  x, labels, weights = _batch(case, n=32, seed=2)
+  data = dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8, repeat=False)
+  for train_metrics in ("basic", "full"):
+    trainer = make_trainer(model_dir=tmp_path / train_metrics, head_list=[case.make()],
+                           trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
+                           optimizer=keras.optimizers.SGD(0.0), steps_per_loop=4,
+                           train_metrics=train_metrics)
+    trained = trainer.train(data.repeat(), steps=4)
+    evaluated = trainer.evaluate(data)
+    head = trainer.heads[0]
+    expected = ({"loss", "h/loss", "h/weighted_loss", f"h/{head.main_metric}"}
+                if train_metrics == "basic" else set(evaluated))
+    assert set(trained) == expected
+    for key in expected:
+      np.testing.assert_allclose(trained[key], evaluated[key], rtol=2e-5, atol=1e-6,
+                                 err_msg=f"{train_metrics}: {key}")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -207,8 +234,8 @@ def test_low_precision_and_extreme_logits_give_finite_float32_losses(name):
     as_float32 = tf.cast(low, tf.float32)
     with tf.GradientTape(persistent=True) as tape:
       tape.watch([low, as_float32])
-      loss_sum, weight_sum = head.loss_terms(labels, low, weights)
-      reference, _ = head.loss_terms(labels, as_float32, weights)
+      loss_sum, weight_sum, _ = head.loss_terms(labels, low, weights)
+      reference, _, _ = head.loss_terms(labels, as_float32, weights)
     assert loss_sum.dtype == tf.float32 and weight_sum.dtype == tf.float32
     # Same math, in float32 (a projection in low precision: close to it).
     np.testing.assert_allclose(loss_sum, reference, rtol=1e-6 if case.outputs_logits else 1e-2)

@@ -24,12 +24,12 @@ def test_softmax_loss_matches_keras_sparse_categorical_crossentropy(scale):
   labels = rng.integers(0, 7, size=32)
   weights = rng.uniform(0.0, 2.0, size=32).astype(np.float32)
   head = heads.SoftmaxHead("digit", num_classes=7)
-  loss_sum, weight_sum = head.loss_terms(labels, logits, weights)
+  loss_sum, weight_sum, _ = head.loss_terms(labels, logits, weights)
   keras_sum = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")(
       labels, logits, sample_weight=weights)
   np.testing.assert_allclose(loss_sum, keras_sum, rtol=1e-6)
   np.testing.assert_allclose(weight_sum, weights.sum(), rtol=1e-6)
-  unweighted_sum, count = head.loss_terms(labels, logits)
+  unweighted_sum, count, _ = head.loss_terms(labels, logits)
   keras_mean = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
   np.testing.assert_allclose(unweighted_sum / count, keras_mean, rtol=1e-6)
 
@@ -40,7 +40,7 @@ def test_softmax_loss_and_gradient_stay_finite_for_logits_of_1e4():
   head = heads.SoftmaxHead("digit", num_classes=3)
   with tf.GradientTape() as tape:
     tape.watch(logits)
-    loss_sum, _ = head.loss_terms(labels, logits)
+    loss_sum, _, _ = head.loss_terms(labels, logits)
   gradient = tape.gradient(loss_sum, logits)
   z = logits.numpy().astype(np.float64)
   lse = np.log(np.sum(np.exp(z - z.max(1, keepdims=True)), 1)) + z.max(1)
@@ -58,9 +58,9 @@ def test_softmax_loss_is_float32_from_half_precision_logits():
   labels = rng.integers(0, 7, size=32)
   head = heads.SoftmaxHead("digit", num_classes=7)
   for dtype in (tf.float16, tf.bfloat16):
-    loss_sum, weight_sum = head.loss_terms(labels, tf.cast(logits, dtype))
+    loss_sum, weight_sum, _ = head.loss_terms(labels, tf.cast(logits, dtype))
     assert loss_sum.dtype == tf.float32 and weight_sum.dtype == tf.float32
-    reference, _ = head.loss_terms(labels, tf.cast(tf.cast(logits, dtype), tf.float32))
+    reference, _, _ = head.loss_terms(labels, tf.cast(tf.cast(logits, dtype), tf.float32))
     np.testing.assert_allclose(loss_sum, reference, rtol=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_absent_labels_add_nothing_even_with_invalid_placeholders():
   head = heads.SoftmaxHead("digit", num_classes=3)
   with tf.GradientTape() as tape:
     tape.watch(logits)
-    loss_sum, weight_sum = head.loss_terms(labels, logits, weights)
+    loss_sum, weight_sum, _ = head.loss_terms(labels, logits, weights)
   gradient = tape.gradient(loss_sum, logits)
   present = [0, 2, 4]
   expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")(
@@ -114,7 +114,7 @@ def test_regression_losses_match_keras(loss, reference):
   targets = rng.normal(size=(20, 4)).astype(np.float32)
   weights = rng.uniform(0, 1, size=20).astype(np.float32)
   head = heads.RegressionHead("box", units=4, loss=loss, delta=0.7)
-  loss_sum, weight_sum = head.loss_terms(targets, predictions, weights)
+  loss_sum, weight_sum, _ = head.loss_terms(targets, predictions, weights)
   np.testing.assert_allclose(loss_sum, reference(targets, predictions, sample_weight=weights),
                              rtol=1e-6)
   np.testing.assert_allclose(weight_sum, weights.sum(), rtol=1e-6)
@@ -131,17 +131,17 @@ def test_regression_metrics_match_numpy_and_ignore_nan_placeholders():
   rmse = np.sqrt(np.sum((errors**2).mean(1) * weights[:2]) / weights[:2].sum())
   np.testing.assert_allclose(head.mae.result(), mae, rtol=1e-6)
   np.testing.assert_allclose(head.rmse.result(), rmse, rtol=1e-6)
-  loss_sum, _ = head.loss_terms(targets, predictions, weights)
+  loss_sum, _, _ = head.loss_terms(targets, predictions, weights)
   assert np.isfinite(loss_sum.numpy())
 
 
 def test_label_specs_describe_what_each_head_reads():
-  softmax_spec = heads.SoftmaxHead("digit", num_classes=10).label_spec
+  softmax_spec = heads.SoftmaxHead("digit", num_classes=10).label_specs[0]
   assert softmax_spec.tensor_spec == tf.TensorSpec((), tf.int64)
   assert softmax_spec.num_classes == 10
   assert softmax_spec.accepts(tf.TensorSpec([None], tf.int32))
   assert not softmax_spec.accepts(tf.TensorSpec([None], tf.float32))
-  regression_spec = heads.RegressionHead("box", units=4).label_spec
+  regression_spec = heads.RegressionHead("box", units=4).label_specs[0]
   assert regression_spec.tensor_spec == tf.TensorSpec((4,), tf.float32)
   assert regression_spec.num_classes is None
 

@@ -62,11 +62,11 @@ def test_loss_and_gradients_equal_the_plain_head_within_1e_5(label_smoothing, z_
   features, labels, weights = _tokens()  # 37 tokens: the last chunk of 8 is padded.
 
   def fused_loss(x):
-    return fused.loss_and_metric_terms(labels, x, weights, training=training)[0]
+    return fused.loss_terms(labels, x, weights, training=training)[0]
 
   def plain_loss(x):
     logits = plain(x)
-    loss_sum, _ = plain.loss_terms(labels, logits, weights)
+    loss_sum, _, _ = plain.loss_terms(labels, logits, weights)
     # PaLM's z-loss, by autodiff of its closed form.
     return loss_sum + z_loss * tf.reduce_sum(weights * tf.reduce_logsumexp(logits, -1) ** 2)
 
@@ -97,7 +97,7 @@ def test_metrics_from_the_loss_pass_equal_the_sequence_head_metrics():
   labels[:, :2] = logits.argmax(-1)[:, :2]
   labels = tf.constant(labels)
   weights = tf.constant([1.0, 2.0, 0.0, 0.5])
-  _, weight_sum, terms = fused.loss_and_metric_terms(labels, features, weights, training=True)
+  _, weight_sum, terms = fused.loss_terms(labels, features, weights, training=True)
   fused.update_metrics(labels, features, weights, terms)
   fused.update_metrics(labels, features, weights)  # Without the terms: computed again.
   for _ in range(2):
@@ -119,7 +119,7 @@ def _compiled_training_hlo(head, tokens, features_are_logits):
     with tf.GradientTape() as tape:
       tape.watch(x)
       logits = x if features_are_logits else head(x)
-      loss = head.loss_and_metric_terms(labels, logits, None, training=True)[0]
+      loss = head.loss_terms(labels, logits, None, training=True)[0]
     return tape.gradient(loss, [x, *head.trainable_weights])
 
   return step.experimental_get_compiler_ir(features)(stage="optimized_hlo")
@@ -209,10 +209,10 @@ def test_two_replicas_of_micro_batches_train_like_the_sequence_head_on_one_devic
   mirrored = engine.create_strategy(engine.Config(model_dir="unused", strategy="mirrored",
                                                   num_cpu_devices=2))
   plain = _engine_trainer(tmp_path, "plain", lambda: heads.SequenceSoftmaxHead(
-      "tags", 9, label_smoothing=0.1))
+      "tags", 9, label_smoothing=0.1), train_metrics="full")
   fused = _engine_trainer(tmp_path, "fused", lambda: heads.LargeVocabSoftmaxHead(
       "tags", 9, chunk_size=7, label_smoothing=0.1), mirrored, strategy="mirrored",
-                          num_cpu_devices=2, accumulation_steps=2)
+                          num_cpu_devices=2, accumulation_steps=2, train_metrics="full")
   _same_start(plain, fused)
   train = _sequence_data().batch(16, drop_remainder=True).repeat()
   evaluation = _sequence_data().batch(16)  # The training examples: random labels.

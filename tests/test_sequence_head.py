@@ -21,7 +21,7 @@ def test_loss_is_the_weighted_mean_over_valid_tokens_as_keras_computes_it():
   logits, labels = _data()
   weights = np.linspace(0.5, 2.0, 6).astype(np.float32)  # One weight per sequence.
   head = heads.SequenceSoftmaxHead("tags", num_classes=5)
-  loss_sum, weight_sum = head.loss_terms(labels, logits, weights)
+  loss_sum, weight_sum, _ = head.loss_terms(labels, logits, weights)
   valid = labels != -1
   token_weights = np.broadcast_to(weights[:, None], labels.shape)[valid]
   reference = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")(
@@ -37,7 +37,7 @@ def test_smoothing_and_class_weights_with_per_token_weights_match_keras():
   class_weights = np.array([1.0, 2.0, 0.5, 3.0, 1.0], np.float32)
   head = heads.SequenceSoftmaxHead("tags", num_classes=5, label_smoothing=0.1,
                                    class_weights=class_weights)
-  loss_sum, weight_sum = head.loss_terms(labels, logits, token_weights)
+  loss_sum, weight_sum, _ = head.loss_terms(labels, logits, token_weights)
   valid = labels != -1
   w = token_weights[valid] * class_weights[labels[valid]]
   reference = keras.losses.CategoricalCrossentropy(
@@ -53,7 +53,7 @@ def test_an_all_padding_batch_contributes_nothing_and_stays_finite():
   head = heads.SequenceSoftmaxHead("tags", num_classes=4, label_smoothing=0.2)
   with tf.GradientTape() as tape:
     tape.watch(logits)
-    loss_sum, weight_sum = head.loss_terms(labels, logits)
+    loss_sum, weight_sum, _ = head.loss_terms(labels, logits)
   assert float(loss_sum) == 0.0 and float(weight_sum) == 0.0
   np.testing.assert_array_equal(tape.gradient(loss_sum, logits), np.zeros((2, 3, 4)))
 

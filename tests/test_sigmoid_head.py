@@ -19,7 +19,7 @@ def _data(seed=0, batch=64, classes=4):
 def test_loss_matches_keras_binary_crossentropy():
   logits, targets, weights = _data()
   head = heads.SigmoidHead("tags", num_classes=4)
-  loss_sum, weight_sum = head.loss_terms(targets, logits, weights)
+  loss_sum, weight_sum, _ = head.loss_terms(targets, logits, weights)
   reference = keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum")(
       targets, logits, sample_weight=weights)
   np.testing.assert_allclose(loss_sum, reference, rtol=1e-6)
@@ -30,7 +30,7 @@ def test_pos_weight_scales_the_positive_term_per_class():
   logits, targets, weights = _data(seed=1)
   pos_weight = np.array([1.0, 3.0, 0.5, 10.0])
   head = heads.SigmoidHead("tags", num_classes=4, pos_weight=pos_weight)
-  loss_sum, _ = head.loss_terms(targets, logits, weights)
+  loss_sum, _, _ = head.loss_terms(targets, logits, weights)
   z = logits.astype(np.float64)
   log_p, log_not_p = -np.logaddexp(0, -z), -np.logaddexp(0, z)
   per_example = -(pos_weight * targets * log_p + (1 - targets) * log_not_p).mean(1)
@@ -42,7 +42,7 @@ def test_extreme_logits_give_finite_loss_and_gradient():
   head = heads.SigmoidHead("tags", num_classes=3, pos_weight=[2.0, 2.0, 2.0])
   with tf.GradientTape() as tape:
     tape.watch(logits)
-    loss_sum, _ = head.loss_terms(tf.constant([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]), logits)
+    loss_sum, _, _ = head.loss_terms(tf.constant([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]), logits)
   assert np.isfinite(loss_sum.numpy())
   assert np.all(np.isfinite(tape.gradient(loss_sum, logits).numpy()))
   # Row 1: softplus(1e4) + 2 softplus(1e4) + 2 log 2; row 2: 2 softplus(1e4) + 0 + softplus(3).
@@ -91,10 +91,10 @@ def test_predict_thresholds_each_class():
 def test_integer_multi_hot_labels_are_accepted():
   logits, targets, _ = _data()
   head = heads.SigmoidHead("tags", num_classes=4)
-  as_float, _ = head.loss_terms(targets, logits)
-  as_int, _ = head.loss_terms(targets.astype(np.int64), logits)
+  as_float, _, _ = head.loss_terms(targets, logits)
+  as_int, _, _ = head.loss_terms(targets.astype(np.int64), logits)
   np.testing.assert_allclose(as_int, as_float, rtol=1e-7)
-  assert head.label_spec_for(tf.TensorSpec([None, 4], tf.int32)) is not None
+  assert heads.base.matching_label_spec(head, tf.TensorSpec([None, 4], tf.int32)) is not None
 
 
 @pytest.mark.parametrize("kwargs,message", [

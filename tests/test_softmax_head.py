@@ -25,7 +25,7 @@ def _built(head, width=4):
 def test_label_smoothing_on_class_ids_matches_keras_on_one_hot(eps):
   logits, labels, weights = _data()
   head = heads.SoftmaxHead("digit", num_classes=6, label_smoothing=eps)
-  loss_sum, weight_sum = head.loss_terms(labels, logits, weights)
+  loss_sum, weight_sum, _ = head.loss_terms(labels, logits, weights)
   reference = keras.losses.CategoricalCrossentropy(
       from_logits=True, label_smoothing=eps, reduction="sum")(
           np.eye(6)[labels], logits, sample_weight=weights)
@@ -39,7 +39,7 @@ def test_soft_targets_match_keras_categorical_crossentropy(eps):
   rng = np.random.default_rng(1)
   targets = rng.dirichlet(np.ones(6), size=64).astype(np.float32)
   head = heads.SoftmaxHead("digit", num_classes=6, label_smoothing=eps)
-  loss_sum, _ = head.loss_terms(targets, logits, weights)
+  loss_sum, _, _ = head.loss_terms(targets, logits, weights)
   reference = keras.losses.CategoricalCrossentropy(
       from_logits=True, label_smoothing=eps, reduction="sum")(targets, logits, sample_weight=weights)
   np.testing.assert_allclose(loss_sum, reference, rtol=1e-6)
@@ -50,14 +50,14 @@ def test_class_weights_weight_each_example_by_its_class_in_sum_and_normaliser():
   class_weights = np.array([1.0, 5.0, 0.5, 2.0, 0.0, 1.0], np.float32)
   head = heads.SoftmaxHead("digit", num_classes=6, class_weights=class_weights,
                            label_smoothing=0.1)
-  loss_sum, weight_sum = head.loss_terms(labels, logits, weights)
+  loss_sum, weight_sum, _ = head.loss_terms(labels, logits, weights)
   per_example_weight = weights * class_weights[labels]
   reference = keras.losses.CategoricalCrossentropy(
       from_logits=True, label_smoothing=0.1, reduction="sum")(
           np.eye(6)[labels], logits, sample_weight=per_example_weight)
   np.testing.assert_allclose(loss_sum, reference, rtol=1e-6)
   np.testing.assert_allclose(weight_sum, per_example_weight.sum(), rtol=1e-6)
-  soft_sum, soft_weight = head.loss_terms(np.eye(6, dtype=np.float32)[labels], logits, weights)
+  soft_sum, soft_weight, _ = head.loss_terms(np.eye(6, dtype=np.float32)[labels], logits, weights)
   np.testing.assert_allclose(soft_sum, loss_sum, rtol=1e-6)  # One-hot = class ids.
   np.testing.assert_allclose(soft_weight, weight_sum, rtol=1e-6)
 
@@ -80,7 +80,7 @@ def test_smoothed_loss_stays_finite_for_extreme_logits_in_float32_and_float16():
     values = tf.cast(values, dtype)
     with tf.GradientTape() as tape:
       tape.watch(values)
-      loss_sum, _ = head.loss_terms(tf.constant([1, 0]), values)
+      loss_sum, _, _ = head.loss_terms(tf.constant([1, 0]), values)
     gradient = tape.gradient(loss_sum, values)
     assert loss_sum.dtype == tf.float32 and np.isfinite(loss_sum.numpy())
     assert np.all(np.isfinite(tf.cast(gradient, tf.float32).numpy()))
@@ -137,7 +137,7 @@ def test_metrics_match_keras_and_a_direct_numpy_ece_across_batches():
 
 def test_a_single_class_head_has_zero_loss_and_full_confidence():
   head = _built(heads.SoftmaxHead("only", num_classes=1))
-  loss_sum, weight_sum = head.loss_terms(np.zeros(4, np.int64), np.random.randn(4, 1))
+  loss_sum, weight_sum, _ = head.loss_terms(np.zeros(4, np.int64), np.random.randn(4, 1))
   assert float(loss_sum) == 0.0 and float(weight_sum) == 4.0
   np.testing.assert_array_equal(head.predict(tf.ones([2, 1]))["probabilities"], [[1.0], [1.0]])
 

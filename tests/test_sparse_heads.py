@@ -81,7 +81,7 @@ def test_entmax_matches_a_float64_bisection_reference(alpha):
 def test_fenchel_young_loss_matches_numpy_and_is_zero_at_a_confident_prediction(head):
   z = _logits(seed=2)
   labels = np.random.default_rng(2).integers(0, 8, size=50)
-  loss_sum, _ = head.loss_terms(labels, z)
+  loss_sum, _, _ = head.loss_terms(labels, z)
   p = head.normalise(z).numpy().astype(np.float64)
   expected = numpy_fenchel_young(p, z.astype(np.float64), labels, head.alpha)
   np.testing.assert_allclose(loss_sum, expected.sum(), rtol=1e-5)
@@ -100,7 +100,7 @@ def test_gradients_are_p_minus_onehot_and_agree_with_finite_differences(head):
   with tf.GradientTape() as tape:
     logits = tf.constant(z)
     tape.watch(logits)
-    loss_sum, _ = head.loss_terms(labels, logits)
+    loss_sum, _, _ = head.loss_terms(labels, logits)
   expected = head.normalise(z).numpy() - np.eye(6)[labels]
   np.testing.assert_allclose(tape.gradient(loss_sum, logits), expected, atol=1e-6)
 
@@ -112,7 +112,7 @@ def test_extreme_and_half_precision_logits_stay_finite(head):
                  tf.constant([[65000.0, -65000.0, 0.0], [-65000.0, 65000.0, 64000.0]], tf.float16)):
     with tf.GradientTape() as tape:
       tape.watch(logits)
-      loss_sum, _ = head.loss_terms([1, 2], logits)
+      loss_sum, _, _ = head.loss_terms([1, 2], logits)
     gradient = tf.cast(tape.gradient(loss_sum, logits), tf.float32)
     probabilities = head.predict(logits)["probabilities"]
     assert loss_sum.dtype == tf.float32 and np.isfinite(loss_sum.numpy())

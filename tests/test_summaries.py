@@ -39,8 +39,11 @@ def test_train_summaries_hold_every_head_and_the_run_measurements(summarised_run
   expected = {"loss", "learning_rate", "gradient_norm", "steps_per_second", "examples_per_second"}
   for name in ("digit", "parity", "box"):
     expected |= {f"{name}/loss", f"{name}/weighted_loss"}
-  expected |= {"digit/accuracy", "parity/accuracy", "box/mae", "box/rmse"}
+  expected |= {"digit/accuracy", "parity/accuracy", "box/mae"}  # Main metrics ("basic").
+  expected |= {"digit/trunk_gradient_norm", "gradient_cosine/digit_vs_parity"}
   assert expected <= set(scalars)
+  assert "box/rmse" not in scalars and "digit/nll" not in scalars  # Evaluation only.
+  assert sorted(scalars["digit/trunk_gradient_norm"]) == [10, 15, 20]  # From the second loop.
   assert sorted(scalars["loss"]) == [5, 10, 15, 20]
   for step in scalars["loss"]:
     total = sum(scalars[f"{name}/weighted_loss"][step] for name in ("digit", "parity", "box"))

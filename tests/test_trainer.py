@@ -24,7 +24,8 @@ def test_loops_are_traced_once_across_train_and_evaluate_calls(make_trainer, dem
   assert trainer.step == 17
   assert trainer.trace_counts == {"train_loop": 1, "train_step": 1, "gradients": 1,
                                   "diagnostic_loop": 1, "diagnostic_step": 1,
-                                  "diagnostic_gradients": 1, "eval_loop": 1, "eval_step": 1}
+                                  "diagnostic_gradients": 1, "eval_loop": 1, "eval_step": 1,
+                                  "report": 2}  # Training (basic metrics) and evaluation.
 
 
 def test_train_runs_until_the_global_step_and_checkpoints_on_multiples(make_trainer, demo_batches):

@@ -167,3 +167,45 @@ def test_a_partial_final_batch_is_trained_and_evaluated_exactly(make_trainer):
       np.mean(predicted["digit"]["classes"] == labels["digit"]), abs=1e-6)  # All 100.
   mse = np.mean((predicted["box"]["values"] - labels["box"]) ** 2)
   assert results["box/loss"] == pytest.approx(mse, rel=1e-5)
+
+
+def _mid_loop_batches(bad):
+  """Batches of 16 with one bad value in the fourth batch (step 4)."""
+  x, labels = engine.data.synthetic_arrays("train", 128)
+  weights = {"parity": np.ones(128, np.float32)}
+  row = 3 * 16 + 5
+  if bad == "label":
+    labels["digit"][row] = 12
+  elif bad == "feature":
+    x[row, 7] = np.nan
+  else:
+    weights["parity"][row] = -1.0
+  return dataset_of(x, labels, weights)
+
+
+@pytest.mark.parametrize("bad,jit_compile,message", [
+    ("label", True, r"At step 4, a batch failed a check: Head 'digit': class ids must be in "
+                    r"\[0, 10\); received values from 0 to 12\. The step was not applied and "
+                    r"training stopped at step 3 \(saved\)\."),
+    ("label", False, r"At step 4, .*Head 'digit': class ids must be in \[0, 10\)"),
+    ("feature", True, r"At step 4, a batch failed a check: Features 'features' hold 1 NaN or "
+                      r"infinite values in a batch; expected finite floats"),
+    ("weight", True, r"At step 4, a batch failed a check: Head 'parity': sample weights must be "
+                     r"finite and >= 0; received 1 bad values, from -1 to 1\."),
+])
+def test_a_bad_batch_in_the_middle_of_a_loop_stops_it_with_the_weights_of_the_step_before(
+    make_trainer, tmp_path, bad, jit_compile, message):
+  reference = make_trainer(model_dir=tmp_path / "reference", jit_compile=jit_compile,
+                           steps_per_loop=8)
+  trainer = make_trainer(model_dir=tmp_path / "run", jit_compile=jit_compile, steps_per_loop=8)
+  for each in (reference, trainer):
+    each.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
+  for ours, theirs in zip(trainer.model.variables, reference.model.variables):
+    ours.assign(theirs)
+  reference.train(_mid_loop_batches(bad).take(3), steps=3)  # The three clean batches.
+  with pytest.raises(ValueError, match=message):
+    trainer.train(_mid_loop_batches(bad), steps=8)  # One loop of 8 steps.
+  assert trainer.step == 3 and int(trainer.optimizer.iterations.numpy()) == 3
+  for ours, theirs in zip(trainer.model.variables, reference.model.variables):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+  assert tf.train.latest_checkpoint(trainer.config.model_dir).endswith("ckpt-3")

@@ -259,33 +259,42 @@ def test_pcgrad_step_equals_a_hand_computed_projected_update(make_trainer):
 # --- diagnostics -----------------------------------------------------------------------
 
 
-def _per_head_traces(trainer):
-  """For each traced variant of the gradients function: does it hold per-head gradients?"""
-  found = []
-  for concrete in trainer._gradients._list_all_concrete_functions():  # pylint: disable=protected-access
-    found.append(any("per_head_gradients" in op.name for op in concrete.graph.get_operations()))
-  return sorted(found)
+def _matmuls(trainer):
+  """MatMul ops in each traced training step: [plain step(, diagnostic step)].
+
+  Each head's backward pass through the trunk adds its own matmuls.
+  """
+  counts = []
+  for step in (trainer._loops._train_step, trainer._loops._diagnostic_step):  # pylint: disable=protected-access
+    for concrete in step._list_all_concrete_functions():  # pylint: disable=protected-access
+      counts.append(sum(op.type == "MatMul" for op in concrete.graph.get_operations()))
+  return counts
 
 
 def test_per_head_gradients_are_computed_only_on_the_summary_step(make_trainer, demo_batches):
   train, _ = demo_batches
   trainer = make_trainer(steps_per_loop=5, head_diagnostics=True)
+  trainer.train(train, steps=5)
+  assert len(_matmuls(trainer)) == 1  # The first loop compiles one program.
   trainer.train(train, steps=10)
   assert trainer.trace_counts["gradients"] == trainer.trace_counts["diagnostic_gradients"] == 1
-  # Two variants: the plain step's has no per-head gradients, the last step's has.
-  assert _per_head_traces(trainer) == [False, True]
+  plain, diagnostic = _matmuls(trainer)
+  assert diagnostic > plain  # Only the loop's last step runs the per-head backward passes.
   gradnorm = make_trainer(model_dir=trainer.config.model_dir + "_gn", head_list=heads.parse_heads(
       "digit:softmax:10,parity:softmax:2,box:regression:4", weighting="gradnorm"))
   gradnorm.train(train, steps=5)
-  assert _per_head_traces(gradnorm) == [True]  # GradNorm needs them at every step.
+  (every_step,) = _matmuls(gradnorm)
+  assert every_step > plain  # GradNorm needs them at every step.
 
 
 def test_diagnostics_equal_hand_computed_head_gradients(make_trainer):
   x, labels = engine.data.synthetic_arrays("train", 32)
+  data = tf.data.Dataset.from_tensors((x, labels)).repeat()
   trainer = make_trainer(steps_per_loop=1, head_diagnostics=True)
+  trainer.train(data, steps=1)  # The first loop has no diagnostics; the second has.
+  assert not any("trunk_gradient_norm" in key for key in trainer.last_train_scalars)
   reference = make_trainer(model_dir=trainer.config.model_dir + "_reference")
-  for model in (trainer, reference):
-    model.build(tf.TensorSpec([32, 32], tf.float32))
+  reference.build(tf.TensorSpec([32, 32], tf.float32))
   for mine, theirs in zip(reference.model.variables, trainer.model.variables):
     mine.assign(theirs)
   per_head = []
@@ -299,8 +308,8 @@ def test_diagnostics_equal_hand_computed_head_gradients(make_trainer):
     per_head.append(np.concatenate([g.numpy().ravel() for g in
                                     tape.gradient(loss, trunk.trainable_variables)]))
   per_head = np.array(per_head)
-  trainer.train(tf.data.Dataset.from_tensors((x, labels)).repeat(), steps=1)
-  scalars = trainer._balancing.summaries(1, with_diagnostics=True)  # pylint: disable=protected-access
+  trainer.train(data, steps=2)
+  scalars = trainer.last_train_scalars
   norms = np.linalg.norm(per_head, axis=1)
   for k, name in enumerate(["digit", "parity", "box"]):
     assert scalars[f"{name}/trunk_gradient_norm"] == pytest.approx(norms[k], rel=1e-4)

@@ -74,7 +74,7 @@ def _measure(problem: Problem, fused: bool) -> Measurement:
     with tf.GradientTape() as tape:
       tape.watch(features)
       output = head(features, training=True)
-      loss_sum, weight_sum, _ = head.loss_and_metric_terms(labels, output, None, training=True)
+      loss_sum, weight_sum, _ = head.loss_terms(labels, output, None, training=True)
       loss = loss_sum / weight_sum
     d_features, *gradients = tape.gradient(loss, [features, *variables])
     optimizer.apply(gradients, variables)

@@ -1,0 +1,54 @@
+"""Where training loops end, and when the profiler traces.
+
+Loops end at the last step, every `steps_per_loop` steps, at multiples of
+`checkpoint_every` and `eval_every` (so checkpoints and evaluations land
+on those steps), and where profiling starts and ends.
+"""
+
+from absl import logging
+import tensorflow as tf
+
+
+def loop_length(step: int, steps: int, config) -> int:
+  """Steps in the next loop from global step `step` towards `steps`."""
+  boundaries = [steps, step + config.steps_per_loop,
+                next_multiple(step, config.checkpoint_every)]
+  if config.eval_every:
+    boundaries.append(next_multiple(step, config.eval_every))
+  if config.profile_steps:
+    boundaries.extend(b for b in config.profile_steps if b > step)
+  return min(boundaries) - step
+
+
+def next_multiple(step: int, every: int) -> int:
+  return (step // every + 1) * every
+
+
+class Profiler:
+  """TensorFlow's profiler over steps start+1 .. end (`Config.profile_steps`).
+
+  Traces go to `model_dir/plugins/profile`, where TensorBoard's Profile tab
+  reads them (with the tensorboard-plugin-profile package installed).
+  """
+
+  def __init__(self, profile_steps, model_dir: str):
+    self._steps = profile_steps
+    self._model_dir = model_dir
+    self._running = False
+
+  def maybe_start(self, step: int):
+    """Starts when the loop about to run from `step` is the first profiled one."""
+    if not self._steps or self._running:
+      return
+    start, end = self._steps
+    if start <= step < end:
+      tf.profiler.experimental.start(self._model_dir)
+      self._running = True
+      logging.info("Profiling steps %d to %d into %s/plugins/profile.", step + 1, end,
+                   self._model_dir)
+
+  def maybe_stop(self, step: int, force: bool = False):
+    """Stops once `step` reaches the end of the profiled steps (or when forced)."""
+    if self._running and (force or step >= self._steps[1]):
+      tf.profiler.experimental.stop()
+      self._running = False
