@@ -116,6 +116,7 @@ class Trainer:
     self.trace_counts = collections.Counter()
     self._loops = None
     self._loops_run = 0
+    self._train_input = None  # (dataset, iterator) of the last `train` call.
     # What the last training loop wrote to TensorBoard (and its example count).
     self.last_train_scalars = {}
     self._predict = tf.function(self._predict_fn, jit_compile=config.jit_compile,
@@ -182,11 +183,7 @@ class Trainer:
     results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
-    # One replica: a plain tf.data iterator, which checkpoints its position.
-    iterator = iter(dataset if self.replicas == 1
-                    else self.strategy.experimental_distribute_dataset(dataset))
-    if self.config.checkpoint_iterator:
-      self.checkpoints.attach_iterator(iterator)
+    iterator = self._train_iterator(dataset)
     if self._preemption is None:
       self._preemption = preemption.cluster_handler(self.strategy, self.checkpoints.manager)
     self._reset(guard=True)
@@ -197,6 +194,19 @@ class Trainer:
     if eval_dataset is not None:
       return self._evaluate_and_keep_best(eval_dataset)
     return results
+
+  def _train_iterator(self, dataset):
+    """The iterator of the last `train` call if `dataset` is the same object (it goes
+    on where it stopped), else a new one, positioned from the latest checkpoint."""
+    if self._train_input is not None and self._train_input[0] is dataset:
+      return self._train_input[1]
+    # One replica: a plain tf.data iterator, which checkpoints its position.
+    iterator = iter(dataset if self.replicas == 1
+                    else self.strategy.experimental_distribute_dataset(dataset))
+    if self.config.checkpoint_iterator:
+      self.checkpoints.attach_iterator(iterator)
+    self._train_input = (dataset, iterator)
+    return iterator
 
   def _train_one_loop(self, iterator, steps, labels_spec, eval_dataset) -> dict:
     """One compiled loop, then its report, summaries, progress line, checkpoint and evaluation."""

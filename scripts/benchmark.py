@@ -2,7 +2,8 @@ r"""Throughput of the engine against Keras `fit` and a bare XLA loop on two mode
 then memory and time of the fused large-vocabulary head against the plain one.
 
   python scripts/benchmark.py                 # the full run BENCHMARKS.md reports
-  python scripts/benchmark.py --quick         # a few steps: checks that it works
+  python scripts/benchmark.py --quick         # a few steps, first calls in-process: checks
+                                              # that it works (the tests run this)
   python scripts/benchmark.py --precision=mixed_float16   # on a GPU
 
 Prints, per model, steps/s per runner and the engine's ratio to each,
@@ -60,7 +61,8 @@ def main(argv):
     models = {"large": throughput.MODELS[0], "small": throughput.MODELS[1]}
     for name in dict.fromkeys(_MODELS.value):
       model = dataclasses.replace(models[name], precision=_PRECISION.value)
-      results = throughput.run(model, _BATCH_SIZE.value, steps, repetitions)
+      results = throughput.run(model, _BATCH_SIZE.value, steps, repetitions,
+                               fresh_processes=not _QUICK.value)
       print(throughput.report(model, results, _BATCH_SIZE.value, peak), flush=True)
   if _LARGE_VOCAB.value:
     problem = (large_vocab.Problem(vocab_size=4096, tokens=256, width=64, chunk_size=64,

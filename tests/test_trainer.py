@@ -248,3 +248,29 @@ def test_an_unwritable_model_dir_is_refused_when_the_trainer_is_made(make_traine
   blocker.write_text("not a directory")
   with pytest.raises(ValueError, match=r"model_dir '.*a_file/run' is not a writable directory"):
     make_trainer(model_dir=blocker / "run")
+
+
+def test_full_training_metrics_equal_an_evaluation_of_the_same_batches(make_trainer):
+  """train_metrics="full" updates every head's Keras metrics in every step: at a
+  learning rate of 0, a loop's metrics are those of evaluating its batches."""
+  x, labels = engine.data.synthetic_arrays("train", 64)
+  weights = {"parity": np.where(np.arange(64) % 3 == 0, 0.0, 1.0).astype(np.float32)}
+  data = dataset_of(x, labels, weights, batch_size=16, repeat=False)
+  trainer = make_trainer(optimizer=keras.optimizers.SGD(0.0), steps_per_loop=4,
+                         train_metrics="full")
+  trained = trainer.train(data.repeat(), steps=4)
+  evaluated = trainer.evaluate(data)
+  assert set(trained) == set(evaluated)
+  assert {"digit/top5_accuracy", "digit/ece", "parity/nll", "box/rmse"} <= set(trained)
+  for key in evaluated:
+    np.testing.assert_allclose(trained[key], evaluated[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  basic = make_trainer(model_dir=trainer.config.model_dir + "-basic", steps_per_loop=4)
+  assert set(basic.train(data.repeat(), steps=4)) == {
+      "loss", "digit/loss", "digit/weighted_loss", "digit/accuracy", "parity/loss",
+      "parity/weighted_loss", "parity/accuracy", "box/loss", "box/weighted_loss", "box/mae"}
+
+
+def test_train_metrics_is_checked():
+  with pytest.raises(ValueError, match=r"train_metrics must be one of \('basic', 'full'\); "
+                                       r"received 'all'"):
+    engine.Config(model_dir="x", train_metrics="all")
