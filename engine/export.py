@@ -11,10 +11,12 @@ previous export (or nothing) at the path, never half a model.
 import json
 import os
 
+from absl import logging
 import keras
 import tensorflow as tf
 
 from engine import atomic
+from engine import config as config_lib
 
 SIGNATURE = "serving_default"
 
@@ -97,3 +99,13 @@ def export_if_best(model, features_spec, model_dir: str, metric: str, value: flo
     if version.isdigit() and int(version) != step:
       tf.io.gfile.rmtree(tf.io.gfile.join(root, version))
   return True
+
+
+def keep_if_best(model, features_spec, config, results: dict, step: int):
+  """With `config.best_metric`, exports the model if these results are its best so far."""
+  metric = config.best_metric
+  if metric is None:
+    return
+  lower = config_lib.lower_is_better(metric, config.best_metric_goal)
+  if export_if_best(model, features_spec, config.model_dir, metric, results[metric], step, lower):
+    logging.info("New best %s = %.6g at step %d: exported.", metric, results[metric], step)

@@ -39,7 +39,6 @@ from engine import summaries as summaries_lib
 from engine import update as update_lib
 from engine import validation
 from engine.config import Config
-from engine.config import lower_is_better
 
 Preempted = preemption.Preempted
 
@@ -170,7 +169,8 @@ class Trainer:
 
     On SIGTERM, finishes the loop in flight, saves a checkpoint and raises
     `Preempted` (exit code 42). `dataset` yields global batches; they are
-    split over the replicas. A rerun of the same call after a crash resumes
+    split over the replicas (the same dataset object in a later call goes on
+    where this call stopped). A rerun of the same call after a crash resumes
     from the latest checkpoint and finishes the same job. With
     `eval_dataset`, evaluates every `config.eval_every` steps (if set) and at
     the end, and returns the final evaluation's results; without, returns
@@ -322,14 +322,8 @@ class Trainer:
   def _evaluate_and_keep_best(self, eval_dataset) -> dict:
     """Evaluates; with `config.best_metric`, exports the model if it is the best so far."""
     results = self.evaluate(eval_dataset)
-    metric = self.config.best_metric
-    if metric is None or not self._is_chief:  # The chief exports.
-      return results
-    if export_lib.export_if_best(self.model, self._features_spec, self.config.model_dir, metric,
-                                 results[metric], self.step,
-                                 lower_is_better(metric, self.config.best_metric_goal)):
-      logging.info("New best %s = %.6g at step %d: exported.", metric, results[metric],
-                   self.step)
+    if self._is_chief:  # The chief exports.
+      export_lib.keep_if_best(self.model, self._features_spec, self.config, results, self.step)
     return results
 
   def _predict_fn(self, features):

@@ -180,8 +180,8 @@ def test_trains_evaluates_and_predicts_in_the_engine(name, make_trainer):
   case = CASES[name]
   x, labels, weights = _batch(case, n=32, seed=1)
   trainer = make_trainer(trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
-                         head_list=[case.make()], steps_per_loop=10, jit_compile=True,
-                         optimizer=keras.optimizers.Adam(0.02))
+                         head_list=[case.make()], steps_per_loop=10,
+                         optimizer=keras.optimizers.Adam(0.02))  # XLA: the test above.
   evaluation = dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8, repeat=False)
   before = trainer.evaluate(evaluation)
   trainer.train(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8), steps=20)
