@@ -150,11 +150,12 @@ class BareLoopRunner:
     with tf.GradientTape() as tape:
       shared = self._trunk(x, training=True)
       loss = 0.0
+      outputs = {name: tf.cast(layer(shared), tf.float32)  # float16 under mixed precision.
+                 for name, layer in self._heads.items()}
       for name in ("digit", "parity"):
         loss += LOSS_WEIGHTS[name] * tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels[name], self._heads[name](shared)))
-      loss += LOSS_WEIGHTS["box"] * tf.reduce_mean(
-          tf.square(labels["box"] - self._heads["box"](shared)))
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels[name], outputs[name]))
+      loss += LOSS_WEIGHTS["box"] * tf.reduce_mean(tf.square(labels["box"] - outputs["box"]))
     self._optimizer.apply(tape.gradient(loss, self._variables), self._variables)
 
   def _loop_fn(self, iterator, steps):
