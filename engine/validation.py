@@ -115,7 +115,7 @@ class BatchChecks:
 
   def __init__(self, heads, features_spec):
     self.heads = list(heads)
-    self._features = _named_features(features_spec)
+    self._features = _feature_names(features_spec)
     self.rows = 2 * len(self.heads) + len(self._features)
 
   def compute(self, features, labels, weights):
@@ -154,17 +154,16 @@ class BatchChecks:
       else:
         expected = "labels must be finite"
       return f"Head '{head.name}': {expected}; received values from {low:g} to {high:g}"
-    name = self._features[row - 2 * len(self.heads)][0]
+    name = self._features[row - 2 * len(self.heads)]
     return (f"Features '{name}' hold {count:g} NaN or infinite values in a batch; expected "
             "finite floats. Clean or impute them in the input pipeline")
 
 
-def _named_features(features_spec):
+def _feature_names(features_spec):
+  """The float-checked features' names, in `tf.nest` order (a dict's keys, or "features")."""
   if isinstance(features_spec, dict):
-    flat = tf.nest.flatten_with_joined_string_paths(features_spec)
-  else:
-    flat = [("features", spec) for spec in tf.nest.flatten(features_spec)]
-  return [(name, spec) for name, spec in flat]
+    return [name for name, _ in tf.nest.flatten_with_joined_string_paths(features_spec)]
+  return ["features"] * len(tf.nest.flatten(features_spec))
 
 
 def _row(bad, values, present):
