@@ -1,4 +1,4 @@
-"""Input pipelines: the built-in synthetic multi-task data, and TFRecords.
+"""Input pipelines: the built-in synthetic multi-task data; TFRecords (`engine.records`).
 
 The synthetic set has a known structure, so tests can state what a trained
 model must reach. Each example has 32 standard-normal features and:
@@ -14,6 +14,12 @@ examples of each split come from its own seed.
 
 import numpy as np
 import tensorflow as tf
+
+from engine import records
+
+# TFRecord shards from arrays, and batches from TFRecord shards (see engine.records).
+write_tfrecords = records.write_tfrecords
+tfrecord = records.dataset
 
 NUM_FEATURES = 32
 TASK_SEED = 1234
@@ -55,49 +61,3 @@ def synthetic(split: str, batch_size: int, num_examples: int = 8192,
     dataset = dataset.shuffle(num_examples, seed=shuffle_seed,
                               reshuffle_each_iteration=True).repeat()
   return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-
-def tfrecord(file_pattern: str, heads, num_features: int, batch_size: int,
-             training: bool, shuffle_seed: int = 0) -> tf.data.Dataset:
-  """Batches of (features, labels, sample_weights) from tf.train.Example files.
-
-  Each example holds `features` (`num_features` floats), one label per head
-  under the head's name, parsed with the first of the head's `label_specs`, and optionally
-  `<head>/weight` (a float; 1 when absent, 0 means "no label here").
-  """
-  files = tf.io.gfile.glob(file_pattern)
-  if not files:
-    raise ValueError(f"No TFRecord files match {file_pattern!r}.")
-  spec = {"features": tf.io.FixedLenFeature([num_features], tf.float32)}
-  for head in heads:
-    label = head.label_specs[0]
-    if None in label.shape:
-      raise ValueError(
-          f"Head '{head.name}': TFRecord input reads fixed-shape labels; its labels have "
-          f"shape {list(label.shape)}. Build a tf.data pipeline that pads them instead.")
-    spec[head.name] = tf.io.FixedLenFeature(label.shape, _parse_dtype(label.dtype))
-    spec[f"{head.name}/weight"] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
-
-  def split(examples):
-    labels = {head.name: examples[head.name] for head in heads}
-    weights = {head.name: examples[f"{head.name}/weight"] for head in heads}
-    return examples["features"], labels, weights
-
-  dataset = tf.data.Dataset.from_tensor_slices(sorted(files))
-  dataset = dataset.interleave(tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=True)
-  if training:
-    dataset = dataset.shuffle(10_000, seed=shuffle_seed).repeat()
-  dataset = dataset.batch(batch_size, drop_remainder=training)
-  dataset = dataset.map(lambda serialized: tf.io.parse_example(serialized, spec),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.map(split).prefetch(tf.data.AUTOTUNE)
-
-
-def _parse_dtype(dtype: tf.DType) -> tf.DType:
-  """tf.train.Example stores int64, float32 or bytes."""
-  if dtype.is_integer:
-    return tf.int64
-  if dtype.is_floating:
-    return tf.float32
-  return tf.string
