@@ -18,13 +18,18 @@ def _aside(path: str, kind: str) -> str:
   return os.path.join(parent, f".{name}.{kind}-{os.getpid()}")
 
 
-def write_json(path: str, value) -> None:
-  """Writes `value` as JSON to `path`, replacing any previous file atomically."""
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path`, replacing any previous file atomically."""
   tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   staging = _aside(path, "tmp")
   with tf.io.gfile.GFile(staging, "w") as handle:
-    handle.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    handle.write(text)
   tf.io.gfile.rename(staging, path, overwrite=True)
+
+
+def write_json(path: str, value) -> None:
+  """Writes `value` as JSON to `path`, replacing any previous file atomically."""
+  write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

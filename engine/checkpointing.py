@@ -42,6 +42,7 @@ class Checkpoints:
         optimizer=optimizer, **counters)
     self._model = model
     self._model_dir = model_dir
+    self._train_input = None  # (dataset, iterator) of the last `train_iterator` call.
     self._step_counter = step_counter
     self.manager = tf.train.CheckpointManager(self.checkpoint, own_dir, max_to_keep=max_to_keep,
                                               step_counter=step_counter)
@@ -106,6 +107,19 @@ class Checkpoints:
     except (ValueError, AssertionError) as error:
       raise ValueError(f"Cannot restore the checkpoint {path} into this model: "
                        f"{error} Was it written for other heads or shapes?") from None
+
+  def train_iterator(self, dataset, strategy, attach: bool):
+    """The iterator of the last call if `dataset` is the same object (it goes on where
+    it stopped), else a new one, positioned from the latest checkpoint if `attach`."""
+    if self._train_input is not None and self._train_input[0] is dataset:
+      return self._train_input[1]
+    # One replica: a plain tf.data iterator, which checkpoints its position.
+    iterator = iter(dataset if strategy.num_replicas_in_sync == 1
+                    else strategy.experimental_distribute_dataset(dataset))
+    if attach:
+      self.attach_iterator(iterator)
+    self._train_input = (dataset, iterator)
+    return iterator
 
   def attach_iterator(self, iterator):
     """Puts the input pipeline's position in the checkpoint, and restores it on resume.

@@ -1,6 +1,15 @@
-"""Run configuration. Field names are the scripts' flag names."""
+"""Run configuration: every setting of a run, each defined once.
 
+Each field carries its help text (and choices) in its metadata; the scripts'
+flags are generated from the fields (`engine.config_flags`), with the same
+names and defaults, and a run keeps its resolved configuration in
+`model_dir` (`engine.run_config`).
+"""
+
+import ast
 import dataclasses
+import math
+import re
 from typing import Optional
 
 from engine.distribution import STRATEGIES
@@ -9,139 +18,268 @@ from engine.precision import PRECISIONS
 NONFINITE_POLICIES = ("raise", "skip")
 TRAIN_METRICS = ("basic", "full")
 BEST_METRIC_GOALS = ("auto", "max", "min")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion", "adafactor")
+LR_SCHEDULES = ("constant", "cosine", "linear", "exponential", "piecewise")
 _LOWER_IS_BETTER = ("loss", "nll", "ece", "mae", "mse", "rmse", "perplexity")
+
+
+def _setting(default, help_text, choices=None, model=False):
+  """A field: its default, its help (the flag's), its choices, and whether
+  changing it changes the model (a later run on the same model_dir refuses)."""
+  metadata = {"help": help_text, "choices": choices, "model": model}
+  if isinstance(default, (list, dict)):
+    raise TypeError("settings are immutable values; use a tuple")
+  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class Config:
-  """How a Trainer runs; validated on construction.
+  """How a run goes; validated on construction (errors name the field).
 
-  Attributes:
-    model_dir: where checkpoints (here), summaries (`train/`, `eval/`) go.
-    steps_per_loop: training steps per call of the compiled loop; summaries
-      and the progress line are written once per loop.
-    checkpoint_every: save a checkpoint at every multiple of this step, and
-      at the end of `train`.
-    eval_every: when `train` is given an eval dataset, evaluate at every
-      multiple of this step (0: only at the end).
-    eval_steps: batches per evaluation; None runs the eval dataset to its end.
-    jit_compile: compile the step with XLA.
-    seed: seeds Keras, TensorFlow and NumPy before variables are created, so
-      initial weights are reproducible; None leaves the seeds alone.
-    deterministic: turn on TensorFlow's op determinism (needs a seed): two
-      runs, or a run and its resumption, give bitwise-identical weights.
-    checkpoint_iterator: save the training input's position (shuffle state
-      included) in checkpoints and resume from it (one device; see BUILD.md).
-    max_checkpoints: how many checkpoints to keep.
-    precision: "float32", "mixed_float16" (dynamic loss scaling) or
-      "mixed_bfloat16"; call `engine.set_precision` before making layers.
-    strategy: "auto", "one_device", "mirrored", "multi_worker" or "tpu".
-    tpu: TPU name or address for strategy="tpu" ("" on a TPU VM).
-    num_cpu_devices: split the CPU into this many logical devices (testing
-      distribution without GPUs); 0 leaves it whole.
-    clip_norm: clip gradients to this global norm (of the gradient summed
-      over replicas); None does not clip.
-    accumulation_steps: cut each replica's batch into this many micro-batches
-      run one after the other; the update equals that of the whole batch.
-    nonfinite: what a step whose loss or gradients are not finite does. Both
-      policies leave the weights untouched; "raise" then stops with an error
-      naming the heads and the step, "skip" counts it per head and goes on.
-      (An overflow under mixed_float16 loss scaling is always skipped.)
-    pcgrad: combine the heads' gradients on the shared trunk with PCGrad
-      (Yu et al., 2020): one extra backward pass per head at every step.
-    head_diagnostics: on the last step of each loop, compute each head's
-      gradient norm on the shared trunk and the pairwise cosines of the
-      heads' gradients (TensorBoard; negative: the heads conflict).
-    train_metrics: "basic" (each head's loss and main metric, as sums inside
-      the compiled step) or "full" (every metric the evaluation reports, in
-      every training step: slower).
-    profile_steps: (start, end): trace steps start+1 .. end with TensorFlow's
-      profiler into `model_dir/plugins/profile` (TensorBoard's Profile tab).
-    best_metric: an evaluation result, e.g. "digit/accuracy" or "loss"; after
-      each evaluation in `train`, the model is exported to
-      `model_dir/export/best/<step>` if this is its best value so far.
-    best_metric_goal: "max", "min", or "auto" ("min" for losses, nll, ece,
-      mae, rmse and perplexity; "max" otherwise).
+  `model_dir` is required; everything else has a default. See each field's
+  help (`python scripts/train.py --help`, or `engine.config_flags.help_of`).
   """
 
-  model_dir: str
-  steps_per_loop: int = 100
-  checkpoint_every: int = 1000
-  eval_every: int = 0
-  eval_steps: Optional[int] = None
-  jit_compile: bool = True
-  seed: Optional[int] = None
-  deterministic: bool = False
-  checkpoint_iterator: bool = True
-  max_checkpoints: int = 3
-  precision: str = "float32"
-  strategy: str = "auto"
-  tpu: str = ""
-  num_cpu_devices: int = 0
-  clip_norm: Optional[float] = None
-  accumulation_steps: int = 1
-  nonfinite: str = "raise"
-  pcgrad: bool = False
-  head_diagnostics: bool = True
-  train_metrics: str = "basic"
-  profile_steps: Optional[tuple] = None
-  best_metric: Optional[str] = None
-  best_metric_goal: str = "auto"
+  model_dir: str = dataclasses.field(metadata={
+      "help": "Checkpoints, summaries (train/, eval/), exports and the run's config.flags.",
+      "choices": None, "model": False})
+  # What is trained.
+  experiment: str = _setting(
+      "synthetic", "A registered experiment (synthetic, tfrecord, images, sequences) or "
+      "package.module:function returning an engine.Experiment.", model=True)
+  experiment_params: str = _setting(
+      "", "The experiment's keyword parameters: key=value,... (values are Python literals, "
+      "else strings), e.g. heads=digit:softmax:10,parity:softmax:2,hidden_units=(64,64).",
+      model=True)
+  batch_size: int = _setting(128, "Global batch size (over all replicas).")
+  train_steps: int = _setting(3000, "Train until this global step.")
+  # The optimizer (unless the experiment brings its own).
+  optimizer: str = _setting("adamw", "The Keras optimizer.", choices=OPTIMIZERS)
+  learning_rate: float = _setting(1e-3, "Peak learning rate (after warmup).")
+  lr_schedule: str = _setting(
+      "constant", "Learning-rate decay after warmup, until train_steps (or lr_decay_steps).",
+      choices=LR_SCHEDULES)
+  warmup_steps: int = _setting(0, "Linear warmup from 0 to learning_rate over these steps "
+                               "(any lr_schedule).")
+  lr_decay_steps: Optional[int] = _setting(
+      None, "Steps of decay after warmup; unset: train_steps - warmup_steps.")
+  lr_end_fraction: float = _setting(
+      0.0, "cosine and linear: the final learning rate as a fraction of learning_rate.")
+  lr_decay_rate: float = _setting(
+      0.1, "exponential: the factor applied to the learning rate over lr_decay_steps.")
+  lr_boundaries: tuple = _setting((), "piecewise: the steps (after warmup) where the rate "
+                                  "changes, e.g. 1000,2000.")
+  lr_values: tuple = _setting((), "piecewise: the learning rates, one more than "
+                              "lr_boundaries, e.g. 0.1,0.01,0.001.")
+  weight_decay: float = _setting(
+      0.0, "Decoupled weight decay (adamw, adam, sgd, rmsprop, lion, adafactor); biases and "
+      "normalisation scales are excluded.")
+  momentum: float = _setting(0.9, "sgd and rmsprop: momentum.")
+  nesterov: bool = _setting(False, "sgd: Nesterov momentum.")
+  clip_norm: Optional[float] = _setting(
+      None, "Clip gradients to this global norm (of the gradient summed over replicas); "
+      "unset: no clipping.")
+  accumulation_steps: int = _setting(
+      1, "Cut each replica's batch into this many micro-batches run one after the other; the "
+      "update equals that of the whole batch.")
+  # The loop.
+  steps_per_loop: int = _setting(
+      100, "Training steps per call of the compiled loop; summaries and the progress line "
+      "are written once per loop.")
+  jit_compile: bool = _setting(True, "Compile the steps with XLA.")
+  train_metrics: str = _setting(
+      "basic", "basic: each head's loss and main metric in training (sums inside the compiled "
+      "step); full: every evaluation metric in every training step (slower).",
+      choices=TRAIN_METRICS)
+  nonfinite: str = _setting(
+      "raise", "A step whose loss or gradients are NaN/Inf is never applied; raise: stop, "
+      "naming the heads and the step; skip: count it per head (TensorBoard) and go on.",
+      choices=NONFINITE_POLICIES)
+  pcgrad: bool = _setting(
+      False, "Combine the heads' gradients on the shared trunk with PCGrad (Yu et al., 2020): "
+      "one extra backward pass per head at every step.")
+  head_diagnostics: bool = _setting(
+      True, "On the last step of each loop (from the second loop on), each head's gradient "
+      "norm on the trunk and the cosines between heads' gradients (TensorBoard).")
+  profile_steps: Optional[tuple] = _setting(
+      None, "START,END: trace steps START+1..END with TensorFlow's profiler into "
+      "model_dir/plugins/profile (TensorBoard's Profile tab).")
+  # Checkpoints, evaluation, export.
+  checkpoint_every: int = _setting(1000, "Save a checkpoint at every multiple of this step, "
+                                   "and at the end of training.")
+  max_checkpoints: int = _setting(3, "How many checkpoints to keep.")
+  checkpoint_iterator: bool = _setting(
+      True, "Save the training input's position (shuffle state included) in checkpoints and "
+      "resume from it (one device; see BUILD.md).")
+  eval_every: int = _setting(
+      1000, "With eval data, evaluate at every multiple of this step (0: only at the end).")
+  eval_steps: Optional[int] = _setting(
+      None, "Batches per evaluation; unset: the whole eval data.")
+  best_metric: Optional[str] = _setting(
+      None, "An evaluation result, e.g. digit/accuracy: after each evaluation, export the "
+      "model to model_dir/export/best/<step> if this is its best value so far.")
+  best_metric_goal: str = _setting(
+      "auto", "max or min: whether a higher best_metric is better; auto: min for losses, nll, "
+      "ece, mae, rmse and perplexity.", choices=BEST_METRIC_GOALS)
+  # Devices and numerics.
+  precision: str = _setting(
+      "float32", "float32, mixed_float16 (GPU; dynamic loss scaling) or mixed_bfloat16 (TPU, "
+      "CPU); call engine.set_precision before making layers.", choices=PRECISIONS)
+  strategy: str = _setting(
+      "auto", "tf.distribute strategy; auto picks TPU, multi-worker (TF_CONFIG), mirrored or "
+      "one device.", choices=STRATEGIES)
+  tpu: str = _setting("", "TPU name or grpc:// address for strategy=tpu; empty on a TPU VM.")
+  num_cpu_devices: int = _setting(
+      0, "Split the CPU into this many logical devices (testing distribution without GPUs); "
+      "0 leaves it whole.")
+  seed: Optional[int] = _setting(
+      0, "Seeds Keras, TensorFlow and NumPy before variables are made, and the input's "
+      "shuffling; unset leaves the seeds alone.")
+  deterministic: bool = _setting(
+      False, "TensorFlow's op determinism (needs a seed): reruns and resumed runs give "
+      "bitwise-identical weights (slower on GPUs).")
 
   def __post_init__(self):
     if not isinstance(self.model_dir, str) or not self.model_dir:
       raise ValueError(f"model_dir must be a non-empty path; received {self.model_dir!r}.")
-    _check_int("steps_per_loop", self.steps_per_loop, minimum=1)
-    _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
-    _check_int("eval_every", self.eval_every, minimum=0)
-    _check_int("max_checkpoints", self.max_checkpoints, minimum=1)
-    if self.eval_steps is not None:
-      _check_int("eval_steps", self.eval_steps, minimum=1)
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, list):
+        setattr(self, field.name, tuple(value))
+      choices = field.metadata.get("choices")
+      if choices and getattr(self, field.name) not in choices:
+        raise ValueError(f"{field.name} must be one of {choices}; received {value!r}.")
+    for name in ("batch_size", "train_steps", "steps_per_loop", "checkpoint_every",
+                 "max_checkpoints", "accumulation_steps"):
+      _check_int(name, getattr(self, name), minimum=1)
+    for name in ("eval_every", "num_cpu_devices", "warmup_steps"):
+      _check_int(name, getattr(self, name), minimum=0)
+    for name in ("eval_steps", "lr_decay_steps"):
+      if getattr(self, name) is not None:
+        _check_int(name, getattr(self, name), minimum=1)
     if self.seed is not None:
       _check_int("seed", self.seed, minimum=0)
     if self.deterministic and self.seed is None:
       raise ValueError("deterministic=True needs a seed (e.g. seed=0): without one the initial "
                        "weights differ from run to run.")
-    if self.precision not in PRECISIONS:
-      raise ValueError(f"precision must be one of {PRECISIONS}; received {self.precision!r}.")
-    if self.strategy not in STRATEGIES:
-      raise ValueError(f"strategy must be one of {STRATEGIES}; received {self.strategy!r}.")
-    _check_int("num_cpu_devices", self.num_cpu_devices, minimum=0)
-    _check_int("accumulation_steps", self.accumulation_steps, minimum=1)
-    if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float))
-                                           and self.clip_norm > 0):
-      raise ValueError(f"clip_norm must be > 0 or None; received {self.clip_norm!r}.")
-    if self.nonfinite not in NONFINITE_POLICIES:
-      raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; received "
-                       f"{self.nonfinite!r}.")
-    if self.train_metrics not in TRAIN_METRICS:
-      raise ValueError(f"train_metrics must be one of {TRAIN_METRICS}; received "
-                       f"{self.train_metrics!r}.")
+    if not isinstance(self.experiment, str) or not self.experiment:
+      raise ValueError(f"experiment must be a registered name or package.module:function; "
+                       f"received {self.experiment!r}.")
+    experiment_param_values(self.experiment_params)  # Raises naming the item.
+    _check_float("learning_rate", self.learning_rate, minimum=0.0)
+    _check_float("weight_decay", self.weight_decay, minimum=0.0)
+    _check_float("lr_end_fraction", self.lr_end_fraction, minimum=0.0, maximum=1.0)
+    _check_float("lr_decay_rate", self.lr_decay_rate, minimum=0.0, exclusive=True)
+    _check_float("momentum", self.momentum, minimum=0.0, maximum=1.0)
+    if self.clip_norm is not None:
+      _check_float("clip_norm", self.clip_norm, minimum=0.0, exclusive=True)
+    self._check_piecewise()
     if self.strategy == "tpu" and self.precision == "mixed_float16":
       raise ValueError("precision='mixed_float16' is for GPUs; on TPUs use 'mixed_bfloat16'.")
     if self.profile_steps is not None:
-      steps = tuple(self.profile_steps)
+      steps = tuple(int(s) if isinstance(s, str) and s.isdigit() else s
+                    for s in self.profile_steps)
       if (len(steps) != 2 or not all(isinstance(s, int) and not isinstance(s, bool)
                                      for s in steps) or not 0 <= steps[0] < steps[1]):
         raise ValueError("profile_steps must be two integers 0 <= start < end; received "
                          f"{self.profile_steps!r}.")
       self.profile_steps = steps
-    if self.best_metric_goal not in BEST_METRIC_GOALS:
-      raise ValueError(f"best_metric_goal must be one of {BEST_METRIC_GOALS}; received "
-                       f"{self.best_metric_goal!r}.")
     if self.best_metric is not None and (not isinstance(self.best_metric, str)
                                          or not self.best_metric):
       raise ValueError(f"best_metric must be a metric name such as 'digit/accuracy'; "
                        f"received {self.best_metric!r}.")
-    for name in ("jit_compile", "pcgrad", "head_diagnostics", "deterministic",
-                 "checkpoint_iterator"):
-      if not isinstance(getattr(self, name), bool):
-        raise ValueError(f"{name} must be True or False; received {getattr(self, name)!r}.")
+    for field in dataclasses.fields(self):
+      if field.type in (bool, "bool") and not isinstance(getattr(self, field.name), bool):
+        raise ValueError(f"{field.name} must be True or False; received "
+                         f"{getattr(self, field.name)!r}.")
+
+  def _check_piecewise(self):
+    self.lr_boundaries = tuple(int(b) if isinstance(b, str) else b for b in self.lr_boundaries)
+    self.lr_values = tuple(float(v) if isinstance(v, str) else v for v in self.lr_values)
+    for boundary in self.lr_boundaries:
+      _check_int("lr_boundaries", boundary, minimum=1)
+    for value in self.lr_values:
+      _check_float("lr_values", value, minimum=0.0)
+    if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)):
+      raise ValueError(f"lr_boundaries must increase; received {self.lr_boundaries!r}.")
+    if self.lr_schedule == "piecewise" and (
+        not self.lr_boundaries or len(self.lr_values) != len(self.lr_boundaries) + 1):
+      raise ValueError(
+          "lr_schedule=piecewise needs lr_boundaries and one more lr_values (the rate before "
+          f"the first boundary, then after each); received lr_boundaries={self.lr_boundaries!r}"
+          f", lr_values={self.lr_values!r}.")
+
+  @property
+  def params(self) -> dict:
+    """`experiment_params` as a dict of Python values."""
+    return experiment_param_values(self.experiment_params)
+
+  def model_settings(self) -> dict:
+    """The settings that define the model: a run on the same model_dir may not change them."""
+    return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+            if field.metadata.get("model")}
+
+
+def experiment_param_values(text: str) -> dict:
+  """Parses `key=value,key=value` into a dict; values are Python literals, else strings.
+
+  An item ends at a comma followed by `name=` (outside brackets and quotes), so a
+  value may hold commas: `heads=a:softmax:2,b:softmax:3,hidden_units=(64,64)`.
+  """
+  if not isinstance(text, str):
+    raise ValueError(f"experiment_params must be text key=value,...; received {text!r}.")
+  values = {}
+  for item in _split_items(text):
+    key, equals, value = item.partition("=")
+    key = key.strip()
+    if not equals or not key.isidentifier():
+      raise ValueError(f"experiment_params: each item is key=value; received {item!r} in "
+                       f"{text!r}.")
+    if key in values:
+      raise ValueError(f"experiment_params: {key!r} is given twice in {text!r}.")
+    try:
+      values[key] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      values[key] = value.strip()
+  return values
+
+
+def format_params(values: dict) -> str:
+  """`key=value,...` text that `experiment_param_values` reads back as `values`."""
+  return ",".join(f"{key}={value!r}" for key, value in values.items())
+
+
+def _split_items(text):
+  items, depth, quote, start = [], 0, None, 0
+  for i, char in enumerate(text):
+    if quote:
+      quote = None if char == quote else quote
+    elif char in "'\"":
+      quote = char
+    elif char in "([{":
+      depth += 1
+    elif char in ")]}":
+      depth -= 1
+    elif char == "," and depth == 0 and re.match(r"\s*[A-Za-z_]\w*\s*=", text[i + 1:]):
+      items.append(text[start:i])
+      start = i + 1
+  items.append(text[start:])
+  return [item for item in items if item.strip()]
 
 
 def _check_int(name, value, minimum):
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r}.")
+
+
+def _check_float(name, value, minimum, maximum=None, exclusive=False):
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+        and (maximum is None or value <= maximum))
+  if not ok:
+    bounds = f"{'>' if exclusive else '>='} {minimum}" + (
+        f" and <= {maximum}" if maximum is not None else "")
+    raise ValueError(f"{name} must be a finite number {bounds}; received {value!r}.")
 
 
 def lower_is_better(metric: str, goal: str = "auto") -> bool:

@@ -34,6 +34,7 @@ from engine import preemption
 from engine import progress
 from engine import replica_step
 from engine import reporting
+from engine import run_config
 from engine import schedule
 from engine import summaries as summaries_lib
 from engine import update as update_lib
@@ -115,7 +116,8 @@ class Trainer:
     self.trace_counts = collections.Counter()
     self._loops = None
     self._loops_run = 0
-    self._train_input = None  # (dataset, iterator) of the last `train` call.
+    self._speed = progress.Speed()
+    self._config_recorded = False
     # What the last training loop wrote to TensorBoard (and its example count).
     self.last_train_scalars = {}
     self._predict = tf.function(self._predict_fn, jit_compile=config.jit_compile,
@@ -179,11 +181,15 @@ class Trainer:
     features_spec = validation.check_train_arguments(dataset, steps, eval_dataset, self.heads,
                                                      self.config.best_metric)
     distribution.check_batch_divides(features_spec, self.replicas, self.config.accumulation_steps)
+    if self._is_chief and not self._config_recorded:
+      run_config.record(self.config)  # Refuses another model's model_dir before restoring.
+      self._config_recorded = True
     self.build(features_spec)
     results = {}
     if self.step >= steps:
       logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
-    iterator = self._train_iterator(dataset)
+    iterator = self.checkpoints.train_iterator(dataset, self.strategy,
+                                               self.config.checkpoint_iterator)
     if self._preemption is None:
       self._preemption = preemption.cluster_handler(self.strategy, self.checkpoints.manager)
     self._reset(guard=True)
@@ -195,25 +201,13 @@ class Trainer:
       return self._evaluate_and_keep_best(eval_dataset)
     return results
 
-  def _train_iterator(self, dataset):
-    """The iterator of the last `train` call if `dataset` is the same object (it goes
-    on where it stopped), else a new one, positioned from the latest checkpoint."""
-    if self._train_input is not None and self._train_input[0] is dataset:
-      return self._train_input[1]
-    # One replica: a plain tf.data iterator, which checkpoints its position.
-    iterator = iter(dataset if self.replicas == 1
-                    else self.strategy.experimental_distribute_dataset(dataset))
-    if self.config.checkpoint_iterator:
-      self.checkpoints.attach_iterator(iterator)
-    self._train_input = (dataset, iterator)
-    return iterator
-
   def _train_one_loop(self, iterator, steps, labels_spec, eval_dataset) -> dict:
     """One compiled loop, then its report, summaries, progress line, checkpoint and evaluation."""
     start_step = self.step
     num_steps = schedule.loop_length(start_step, steps, self.config)
     self._profiler.maybe_start(start_step)
     start = time.perf_counter()
+    traces = sum(self.trace_counts.values())
     try:
       # Diagnostics from the Trainer's second loop on: the first compiles one program.
       diagnosed = self.balancing.diagnostics and self._loops_run > 0
@@ -233,8 +227,9 @@ class Trainer:
                                             self.last_train_scalars.items()
                                             if key != "examples"}, self.step)
     results = report["results"]
-    logging.info(progress.train_line(self.step, steps, results, self.model.head_names,
-                                     done / seconds))
+    self._speed.add(done, seconds, compiled=sum(self.trace_counts.values()) > traces)
+    progress.show(progress.train_line(self.step, steps, results, self.model.head_names,
+                                      done / seconds, self._speed.eta(steps - self.step)))
     reporting.warn_about_probabilities(self.heads, report["halting"]["probabilities"])
     reporting.raise_if_halted(self, report, labels_spec)
     if not complete:
@@ -272,7 +267,7 @@ class Trainer:
     self._summaries.write_scalars("eval", results, self.step)
     with self._summaries.as_default("eval", self.step):
       self.pictures.write()
-    logging.info(progress.eval_line(self.step, results))
+    progress.show(progress.eval_line(self.step, results))
     return results
 
   def predict(self, features) -> dict:

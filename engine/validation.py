@@ -11,6 +11,7 @@ the first bad batch, and the host raises after the loop with `message`.
 Errors name the head (or feature) with what was expected and what came.
 """
 
+import keras
 import tensorflow as tf
 
 from heads import base
@@ -162,7 +163,8 @@ class BatchChecks:
 def _feature_names(features_spec):
   """The float-checked features' names, in `tf.nest` order (a dict's keys, or "features")."""
   if isinstance(features_spec, dict):
-    return [name for name, _ in tf.nest.flatten_with_joined_string_paths(features_spec)]
+    return ["/".join(str(key) for key in path)
+            for path, _ in keras.tree.flatten_with_path(features_spec)]
   return ["features"] * len(tf.nest.flatten(features_spec))
 
 

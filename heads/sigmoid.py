@@ -44,6 +44,10 @@ class SigmoidHead(base.Head):
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
     self.micro_f1 = keras.metrics.F1Score(average="micro", threshold=threshold, name="micro_f1")
     self.macro_f1 = keras.metrics.F1Score(average="macro", threshold=threshold, name="macro_f1")
+    # Keras makes F1Score's variables at its first update; results (and metric
+    # names, for HParams) are asked for before any data: an empty update makes them.
+    for f1 in (self.micro_f1, self.macro_f1):
+      f1.update_state(tf.zeros([0, num_classes]), tf.zeros([0, num_classes]))
     self.roc_auc = keras.metrics.AUC(curve="ROC", from_logits=True, name="roc_auc")
     self.exact_match = keras.metrics.Mean(name="exact_match")
 

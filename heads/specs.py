@@ -38,7 +38,7 @@ def parse_heads(text: str, flag: str = "--heads", weighting: str = "static",
   `schedules` maps head names to schedule texts (static weighting only).
   """
   if weighting not in WEIGHTINGS:
-    raise ValueError(f"--weighting: expected one of {WEIGHTINGS}; received {weighting!r}.")
+    raise ValueError(f"weighting: expected one of {WEIGHTINGS}; received {weighting!r}.")
   schedules = dict(schedules or {})
   shared = {"gradnorm": lambda: weighting_lib.GradNorm(alpha=gradnorm_alpha),
             "dwa": lambda: weighting_lib.DWA(temperature=dwa_temperature, period=dwa_period)}
@@ -62,9 +62,9 @@ def parse_heads(text: str, flag: str = "--heads", weighting: str = "static",
           f"received {item!r}.") from None
     if weighting != "static" and (len(fields) == 4 or name in schedules):
       raise ValueError(
-          f"{flag}: head '{name}' has a fixed weight or schedule, but --weighting={weighting} "
-          "learns the weights: drop the weight from --heads (and --weight_schedules), or use "
-          "--weighting=static.")
+          f"{flag}: head '{name}' has a fixed weight or schedule, but weighting={weighting} "
+          "learns the weights: drop the weight from the heads (and weight_schedules), or use "
+          "weighting=static.")
     if name in schedules:
       if len(fields) == 4:
         raise ValueError(f"{flag}: head '{name}' has both the weight {fields[3]} and the "
@@ -78,7 +78,7 @@ def parse_heads(text: str, flag: str = "--heads", weighting: str = "static",
   if not result:
     raise ValueError(f"{flag}: at least one head is needed; received {text!r}.")
   if schedules:
-    raise ValueError(f"--weight_schedules names no head of {flag}: {sorted(schedules)}; "
+    raise ValueError(f"weight_schedules names no head of {flag}: {sorted(schedules)}; "
                      f"the heads are {[head.name for head in result]}.")
   return result
 
@@ -95,7 +95,7 @@ def parse_schedule(text: str, head_name: str) -> weighting_lib.Schedule:
       return weighting_lib.Schedule.piecewise([int(b) for b in fields[1].split("/")],
                                               [float(v) for v in fields[2].split("/")])
   except ValueError as error:
-    raise ValueError(f"--weight_schedules: head '{head_name}': {error}") from None
+    raise ValueError(f"weight_schedules: head '{head_name}': {error}") from None
   raise ValueError(
-      f"--weight_schedules: head '{head_name}' has the schedule {text!r}; expected "
+      f"weight_schedules: head '{head_name}' has the schedule {text!r}; expected "
       "linear:START:END:RAMP_STEPS[:WARMUP] or piecewise:B1/B2/...:V0/V1/V2/...")

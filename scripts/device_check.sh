@@ -35,7 +35,7 @@ done
 "$PY" -m pytest -q -p no:cacheprovider tests/test_loop_structure.py > "$OUT/structure.txt" 2>&1
 STRUCTURE=$?
 "$PY" scripts/train.py --model_dir="$OUT/mirrored" --train_steps=300 --steps_per_loop=100 \
-    --eval_every=0 --num_train_examples=4096 "${MIRRORED[@]}" > "$OUT/mirrored.txt" 2>&1
+    --eval_every=0 --experiment_params=num_train_examples=4096 "${MIRRORED[@]}" > "$OUT/mirrored.txt" 2>&1
 MIRRORED_RC=$?
 
 echo

@@ -1,13 +1,16 @@
 r"""Evaluates checkpoints of a model_dir: per-head metrics to TensorBoard and JSON.
 
+The model and its eval data come from the settings the run kept
+(model_dir/config.flags), so --model_dir is all it needs.
+
   python scripts/evaluate.py --model_dir=runs/demo                    # the latest checkpoint
   python scripts/evaluate.py --model_dir=runs/demo --checkpoint=runs/demo/ckpt-2000
-  python scripts/evaluate.py --model_dir=runs/demo --follow --train_steps=3000   # beside training
+  python scripts/evaluate.py --model_dir=runs/demo --follow   # beside training
 
 Results go to model_dir/eval (TensorBoard: scalars and pictures) and to
 --output_json (default model_dir/eval/metrics.json), replaced atomically
 after each evaluation. With --follow, every new checkpoint is evaluated as
-it appears; the script exits once a checkpoint reaches --train_steps, or
+it appears; the script exits once a checkpoint reaches the run's train_steps, or
 after --timeout seconds without a new one.
 """
 
@@ -19,11 +22,11 @@ import tensorflow as tf
 import common  # pylint: disable=g-bad-import-order
 import engine
 
+# --help and --helpshort list the engine's flags (one per engine.Config field).
+flags.adopt_module_key_flags(engine.config_flags)
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint path; unset: the latest.")
 _FOLLOW = flags.DEFINE_boolean("follow", False, "Evaluate each new checkpoint as it appears.")
-_TRAIN_STEPS = flags.DEFINE_integer(
-    "train_steps", None, "With --follow: exit after evaluating a checkpoint of this step.",
-    lower_bound=1)
 _TIMEOUT = flags.DEFINE_integer(
     "timeout", 3600, "With --follow: exit after this many seconds without a new checkpoint.",
     lower_bound=1)
@@ -44,26 +47,41 @@ def _evaluate(trainer, checkpoint, dataset, output_json):
   print(engine.progress.metrics_table(results, trainer.model.head_names), flush=True)
 
 
+def _model_and_data():
+  """The Trainer (built) and eval data of the run --model_dir keeps."""
+  trainer, experiment = common.make_trainer()
+  if experiment.eval_data is None:
+    raise app.UsageError(f"experiment {trainer.config.experiment!r} has no evaluation data "
+                         "(e.g. tfrecord without experiment_params eval_data).")
+  dataset = experiment.eval_data(trainer.config.batch_size)
+  trainer.build(dataset.element_spec[0])
+  return trainer, dataset
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  trainer, head_list = common.make_trainer()
-  dataset = common.eval_data(head_list)
-  output_json = _OUTPUT_JSON.value or tf.io.gfile.join(common.MODEL_DIR.value, "eval",
+  output_json = _OUTPUT_JSON.value or tf.io.gfile.join(common.FLAGS.model_dir, "eval",
                                                        "metrics.json")
   if not _FOLLOW.value:
-    common.restore_latest(trainer)
+    trainer, dataset = _model_and_data()
+    if trainer.latest_checkpoint is None:
+      raise ValueError(f"No checkpoint in --model_dir={common.FLAGS.model_dir}: train first "
+                       "(scripts/train.py with this --model_dir).")
     _evaluate(trainer, _CHECKPOINT.value or trainer.latest_checkpoint, dataset, output_json)
     return
-  trainer.build(tf.TensorSpec([None, common.NUM_FEATURES.value], tf.float32))
-  for checkpoint in tf.train.checkpoints_iterator(common.MODEL_DIR.value, timeout=_TIMEOUT.value):
+  trainer = dataset = None
+  for checkpoint in tf.train.checkpoints_iterator(common.FLAGS.model_dir,
+                                                  timeout=_TIMEOUT.value):
+    if trainer is None:  # The run's settings are kept by the time it saves.
+      trainer, dataset = _model_and_data()
     try:
       _evaluate(trainer, checkpoint, dataset, output_json)
     except ValueError as error:  # Deleted by the trainer's max_checkpoints before we read it.
       logging.warning("Skipped %s: %s", checkpoint, error)
       continue
-    if _TRAIN_STEPS.value is not None and trainer.step >= _TRAIN_STEPS.value:
+    if trainer.step >= trainer.config.train_steps:
       return
   logging.info("No new checkpoint for %d s: done.", _TIMEOUT.value)
 

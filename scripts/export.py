@@ -3,9 +3,9 @@ r"""Exports the latest checkpoint of a model_dir as a serving SavedModel; needs 
   python scripts/export.py --model_dir=runs/demo            # -> runs/demo/export/<step>
   python scripts/export.py --model_dir=runs/demo --export_dir=/serving/demo/1
 
-Pass the same model flags (--heads, --hidden_units, --num_features) as for
-training, e.g. with the same --flagfile. The signature `serving_default`
-takes `features` and returns `<head>/probabilities`, `<head>/classes` or
+The model comes from the settings the run kept (model_dir/config.flags).
+The signature `serving_default` takes the features (a dict: one input per
+name) and returns `<head>/probabilities`, `<head>/classes` or
 `<head>/values`.
 """
 
@@ -14,6 +14,10 @@ from absl import flags
 from absl import logging
 
 import common  # pylint: disable=g-bad-import-order
+import engine
+
+# --help and --helpshort list the engine's flags (one per engine.Config field).
+flags.adopt_module_key_flags(engine.config_flags)
 
 _EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "Where to write the SavedModel; unset: model_dir/export/<step>.")
@@ -23,8 +27,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  trainer, _ = common.make_trainer()
-  common.restore_latest(trainer)
+  trainer, experiment = common.make_trainer()
+  common.restore_latest(trainer, experiment)
   print(trainer.export(_EXPORT_DIR.value))
 
 

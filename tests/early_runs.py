@@ -23,9 +23,10 @@ _RUNS = []
 class EarlyRun:
   """One script run: `argv(model_dir)` gives its arguments after the interpreter."""
 
-  def __init__(self, fixture, argv, timeout):
+  def __init__(self, fixture, argv, timeout, env=None):
     self.fixture = fixture
     self._argv = argv
+    self._env = env
     self._timeout = timeout
     self._lock = threading.Lock()
     self._claimed = False
@@ -53,7 +54,9 @@ class EarlyRun:
       command = [sys.executable, *self._argv(model_dir)]
       # Files, not pipes: a chatty run would block on a full pipe.
       with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        self._process = subprocess.Popen(command, stdout=out, stderr=err, cwd=_ROOT)
+        environment = None if self._env is None else {**os.environ, **self._env(model_dir)}
+        self._process = subprocess.Popen(command, stdout=out, stderr=err, cwd=_ROOT,
+                                         env=environment)
         code = self._process.wait(timeout=self._timeout)
         out.seek(0)
         err.seek(0)
@@ -67,9 +70,10 @@ class EarlyRun:
       self._done.set()
 
 
-def register(fixture, argv, timeout=600) -> EarlyRun:
-  """Declares a run for the fixture named `fixture` (call at module level)."""
-  run = EarlyRun(fixture, argv, timeout)
+def register(fixture, argv, timeout=600, env=None) -> EarlyRun:
+  """Declares a run for the fixture named `fixture` (call at module level); `env(model_dir)`
+  gives environment variables to add."""
+  run = EarlyRun(fixture, argv, timeout, env)
   _RUNS.append(run)
   return run
 

@@ -20,7 +20,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "scripts", "train.py")
 _STEPS = 400
 _FLAGS = ["--deterministic", "--steps_per_loop=50", "--checkpoint_every=100", "--eval_every=0",
-          "--num_train_examples=4096", "--hidden_units=64", "--nohead_diagnostics"]
+          "--experiment_params=num_train_examples=4096,hidden_units=64", "--nohead_diagnostics"]
 _PROGRESS = re.compile(r"train \| step (\d+)/")
 
 

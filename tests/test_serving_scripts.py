@@ -21,14 +21,13 @@ from tests import early_runs
 from tests import script_errors
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MODEL_FLAGS = ["--hidden_units=64", "--batch_size=32"]
-_TRAIN_FLAGS = ["--nohead_diagnostics"]  # Not under test here; saves an XLA compilation.
+# Only train.py is given the model: the other scripts read it from model_dir.
+_TRAIN_FLAGS = ["--batch_size=32", "--nohead_diagnostics"]  # Not under test here; saves an XLA compilation.
 
 
 def _run(script, *flags, timeout=240):
-  return subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", script), *_MODEL_FLAGS,
-                         *flags], capture_output=True, text=True, timeout=timeout, cwd=_ROOT,
-                        check=False)
+  return subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", script), *flags],
+                        capture_output=True, text=True, timeout=timeout, cwd=_ROOT, check=False)
 
 
 def _events(directory):
@@ -38,8 +37,9 @@ def _events(directory):
 
 
 _OVER_CONFIDENT = early_runs.register("over_confident_run", lambda model_dir: [
-    os.path.join(_ROOT, "scripts", "train.py"), *_MODEL_FLAGS, *_TRAIN_FLAGS,
-    f"--model_dir={model_dir}", "--num_train_examples=128", "--train_steps=600",
+    os.path.join(_ROOT, "scripts", "train.py"), *_TRAIN_FLAGS,
+    f"--model_dir={model_dir}", "--experiment_params=hidden_units=64,num_train_examples=128",
+    "--train_steps=600",
     "--steps_per_loop=100", "--eval_every=200", "--checkpoint_every=200",
     "--learning_rate=0.01", "--best_metric=digit/accuracy", "--profile_steps=200,210"])
 
@@ -79,7 +79,7 @@ def test_train_writes_a_profile_trace_and_the_flags_as_hparams(over_confident_ru
       if "session_start" in tag)
   hparams = session.session_start_info.hparams
   assert hparams["learning_rate"].number_value == pytest.approx(0.01)
-  assert hparams["heads"].string_value == engine.data.DEMO_HEADS
+  assert hparams["experiment_params/heads"].string_value == engine.data.DEMO_HEADS
   assert hparams["best_metric"].string_value == "digit/accuracy"
 
 
@@ -116,13 +116,14 @@ def test_evaluate_script_writes_the_metrics_as_json_and_to_tensorboard(over_conf
 def test_evaluate_follows_a_training_run_until_it_ends(tmp_path):
   model_dir = str(tmp_path / "model")
   training = subprocess.Popen(
-      [sys.executable, os.path.join(_ROOT, "scripts", "train.py"), *_MODEL_FLAGS, *_TRAIN_FLAGS,
-       f"--model_dir={model_dir}", "--train_steps=600", "--checkpoint_every=200",
+      [sys.executable, os.path.join(_ROOT, "scripts", "train.py"), *_TRAIN_FLAGS,
+       f"--model_dir={model_dir}", "--experiment_params=hidden_units=64", "--train_steps=600",
+       "--checkpoint_every=200",
        "--steps_per_loop=100", "--eval_every=0"],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=_ROOT)
   try:
-    result = _run("evaluate.py", f"--model_dir={model_dir}", "--follow", "--train_steps=600",
-                  "--timeout=120", timeout=300)
+    result = _run("evaluate.py", f"--model_dir={model_dir}", "--follow", "--timeout=120",
+                  timeout=300)
   finally:
     training.wait(timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -149,7 +150,7 @@ def test_calibrate_script_lowers_the_ece_and_stores_the_temperatures(over_confid
 _SCRIPT_ERRORS = {
     "export.py": ([], r"No checkpoint in --model_dir="),
     "evaluate.py": (["--follow", "--checkpoint=x"], r"--follow .* cannot take --checkpoint"),
-    "calibrate.py": (["--heads=box:regression:4"], r"No checkpoint in --model_dir="),
+    "calibrate.py": ([], r"No checkpoint in --model_dir="),
 }
 
 
@@ -157,7 +158,7 @@ _SCRIPT_ERRORS = {
 def script_error_messages(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("errors"))
   return dict(zip(_SCRIPT_ERRORS, script_errors.in_one_process(
-      [[script, *_MODEL_FLAGS, f"--model_dir={model_dir}", *flags]
+      [[script, f"--model_dir={model_dir}", *flags]
        for script, (flags, _) in _SCRIPT_ERRORS.items()])))
 
 

@@ -81,12 +81,12 @@ def test_a_scheduled_weight_reaches_tensorboard_at_each_loop(make_trainer, demo_
     ("cosine:1", r"expected linear"),
 ])
 def test_bad_schedule_texts_name_the_head(text, message):
-  with pytest.raises(ValueError, match=rf"--weight_schedules: head 'box'.*{message}"):
+  with pytest.raises(ValueError, match=rf"weight_schedules: head 'box'.*{message}"):
     heads.parse_heads("box:regression:4", schedules={"box": text})
 
 
 def test_a_fixed_weight_with_a_learned_weighting_is_refused():
-  with pytest.raises(ValueError, match=r"head 'parity' has a fixed weight.*--weighting=gradnorm"):
+  with pytest.raises(ValueError, match=r"head 'parity' has a fixed weight.*weighting=gradnorm"):
     heads.parse_heads("digit:softmax:10,parity:softmax:2:0.5", weighting="gradnorm")
   with pytest.raises(ValueError, match=r"names no head of --heads: \['size'\]"):
     heads.parse_heads("digit:softmax:10", schedules={"size": "linear:0:1:10"})
@@ -169,11 +169,14 @@ def test_gradnorm_moves_the_gradient_norm_ratio_to_its_target(tmp_path):
   batch = next(iter(data))
   trainer.train(data, steps=1)
   start, start_target = _last_layer_norm_ratio(trainer, batch, balancer)
-  trainer.config.steps_per_loop = 100
-  trainer.train(data, steps=401)
-  end, end_target = _last_layer_norm_ratio(trainer, batch, balancer)
+  trainer.config.steps_per_loop = 20
+  gaps = []  # GradNorm's sign steps oscillate about the target: judge the median of 6.
+  for steps in range(301, 402, 20):
+    trainer.train(data, steps=steps)
+    end, end_target = _last_layer_norm_ratio(trainer, batch, balancer)
+    gaps.append(abs(np.log(end / end_target)))
   assert start > 2 * start_target  # Dominant at the start...
-  assert abs(np.log(end / end_target)) < 0.25 * abs(np.log(start / start_target))  # ...balanced.
+  assert np.median(gaps) < 0.25 * abs(np.log(start / start_target))  # ...balanced.
   weights = [float(balancer.weight_variable(h.name).numpy()) for h in head_list]
   assert weights[0] < 0.5 < 1.5 < weights[1] and sum(weights) == pytest.approx(2.0, rel=1e-5)
 
