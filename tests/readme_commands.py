@@ -1,0 +1,71 @@
+"""Runs every command of README.md's `sh` blocks, and its Python snippet, as written.
+
+    python tests/readme_commands.py WORK_DIR    # prints a JSON list of outcomes
+
+Run by tests/test_readme.py in the background (an early run), not by pytest.
+WORK_DIR plays a fresh clone: `scripts` and `.venv` link to this checkout's,
+so each command runs as written, relative paths and all. Training commands
+other than the demo's (`runs/demo`, which the later commands read) get a
+few steps (`FEW_STEPS` appended); `make` and the TensorBoard server are not
+run (`SKIPPED`): `make test` is this suite and `make demo` is the demo's
+command.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FEW_STEPS = ["--train_steps=20", "--steps_per_loop=10", "--nojit_compile",
+             "--nohead_diagnostics"]
+SKIPPED = ("make ", ".venv/bin/tensorboard ")
+
+
+def blocks(kind: str) -> list:
+  """The texts of README.md's fenced blocks of this kind."""
+  with open(os.path.join(_ROOT, "README.md"), encoding="utf-8") as file:
+    text = file.read()
+  return re.findall(rf"^```{kind}\n(.*?)^```", text, re.S | re.M)
+
+
+def commands() -> list:
+  """Each shell command of the `sh` blocks, continuation lines joined, comments dropped."""
+  found = []
+  for block in blocks("sh"):
+    for command in block.replace("\\\n", " ").splitlines():
+      words = shlex.split(command, comments=True)
+      if words:
+        found.append(shlex.join(words))
+  return found
+
+
+def _run(command, work_dir):
+  completed = subprocess.run(["bash", "-c", command], cwd=work_dir, capture_output=True,
+                             text=True, timeout=600, check=False)
+  return {"command": command, "returncode": completed.returncode,
+          "output": (completed.stdout + completed.stderr)[-3000:]}
+
+
+def run_all(work_dir: str) -> list:
+  os.makedirs(work_dir, exist_ok=True)
+  os.symlink(os.path.join(_ROOT, "scripts"), os.path.join(work_dir, "scripts"))
+  os.symlink(sys.prefix, os.path.join(work_dir, ".venv"))
+  outcomes = []
+  for command in commands():
+    if command.startswith(SKIPPED):
+      outcomes.append({"command": command, "returncode": None, "output": "skipped"})
+      continue
+    if "scripts/train.py" in command and "--model_dir=runs/demo " not in command + " ":
+      command = " ".join([command, *FEW_STEPS])
+    outcomes.append(_run(command, work_dir))
+  snippet, = blocks("python")
+  outcomes.append(_run(shlex.join([os.path.join(".venv", "bin", "python"), "-c", snippet]),
+                       work_dir))
+  return outcomes
+
+
+if __name__ == "__main__":
+  print(json.dumps(run_all(sys.argv[1])))
