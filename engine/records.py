@@ -15,11 +15,14 @@ error naming the file and the key.
 
 import collections
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 
 KINDS = ("float", "int", "image", "sequence")
+# Every file a record dataset was made from in this process, to name a damaged one.
+_FILES_READ = set()
 FeatureSpec = collections.namedtuple("FeatureSpec", ["kind", "shape"])
 
 
@@ -141,6 +144,7 @@ def dataset(file_pattern: str, feature_specs, heads, batch_size: int, training: 
   for head in heads:
     if head.name in feature_specs:
       raise ValueError(f"Head '{head.name}': its label key is also a feature name; rename one.")
+  _FILES_READ.update(files)
   parse = _parser(feature_specs, heads)
   records = tf.data.Dataset.from_tensor_slices(files).interleave(
       lambda file: tf.data.TFRecordDataset(file).map(lambda record: (record, file)),
@@ -151,6 +155,31 @@ def dataset(file_pattern: str, feature_specs, heads, batch_size: int, training: 
   batches = examples.padded_batch(batch_size, drop_remainder=training,
                                   padding_values=_padding(heads, examples.element_spec))
   return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def data_loss_message(error: tf.errors.DataLossError) -> str:
+  """What a DataLossError (a record failing its checksum) means, naming the damaged files.
+
+  TensorFlow's message names no file; the files read in this process are
+  checked one by one (only now, after the error) to find them.
+  """
+  damaged = []
+  for path in sorted(_FILES_READ):
+    count = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        count += 1
+    except tf.errors.DataLossError as file_error:
+      damaged.append(f"{path} (after {count} good records: {_what(file_error)})")
+  where = ("; ".join(damaged) if damaged else
+           "no TFRecord file read by engine.records is damaged; it came from another input")
+  return f"The input data is damaged ({_what(error)}): {where}."
+
+
+def _what(error) -> str:
+  """TensorFlow's words for the damage ("corrupted record at 476"), without its traceback."""
+  found = re.search(r"(corrupted|truncated)[^\n\]\[]*", error.message)
+  return found.group(0).strip() if found else error.message.strip().splitlines()[-1]
 
 
 def _feature(values):

@@ -32,6 +32,7 @@ from engine import pictures as pictures_lib
 from engine import precision as precision_lib
 from engine import preemption
 from engine import progress
+from engine import records
 from engine import replica_step
 from engine import reporting
 from engine import run_config
@@ -211,7 +212,12 @@ class Trainer:
     try:
       # Diagnostics from the Trainer's second loop on: the first compiles one program.
       diagnosed = self.balancing.diagnostics and self._loops_run > 0
-      complete = self._loops.train(iterator, num_steps, diagnostics=diagnosed)
+      try:
+        complete = self._loops.train(iterator, num_steps, diagnostics=diagnosed)
+      except tf.errors.DataLossError as error:  # A corrupt record: keep the steps done.
+        self.checkpoints.save_if_new(self.step)
+        raise ValueError(f"{records.data_loss_message(error)} Training stopped at step "
+                         f"{self.step} (saved).") from error
       self._loops_run += 1
       report = reporting.to_numpy(self._report(full=self.config.train_metrics == "full"))
     finally:

@@ -79,7 +79,14 @@ def register(fixture, argv, timeout=600, env=None) -> EarlyRun:
 
 
 def start(fixture_names):
-  """Starts, one at a time in a background thread, the runs these fixtures need."""
+  """Starts, one at a time in a background thread, the runs these fixtures need.
+
+  Not under pytest-xdist: a worker does not know which tests it will get, and
+  the other worker keeps the second core busy; each run then starts when its
+  fixture is first needed.
+  """
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return
   needed = [run for run in _RUNS if run.fixture in fixture_names]
 
   def work():

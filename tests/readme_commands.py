@@ -32,11 +32,17 @@ def blocks(kind: str) -> list:
 
 
 def commands() -> list:
-  """Each shell command of the `sh` blocks, continuation lines joined, comments dropped."""
-  found = []
+  """Each shell command of the `sh` blocks: continuation lines and lines inside quotes
+  joined, comments dropped."""
+  found, pending = [], ""
   for block in blocks("sh"):
-    for command in block.replace("\\\n", " ").splitlines():
-      words = shlex.split(command, comments=True)
+    for line in block.replace("\\\n", " ").splitlines():
+      pending = f"{pending}\n{line}" if pending else line
+      try:
+        words = shlex.split(pending, comments=True)
+      except ValueError:  # An open quote: the command goes on on the next line.
+        continue
+      pending = ""
       if words:
         found.append(shlex.join(words))
   return found

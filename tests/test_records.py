@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import engine
+import engine.experiments.tfrecord  # pylint: disable=unused-import (FlatTrunk)
 import heads
 
 
@@ -96,3 +97,27 @@ def test_spec_and_pattern_errors_name_what_is_wrong(tmp_path):
     engine.records.parse_feature_specs("x:floats:2")
   with pytest.raises(ValueError, match=r"one row per example; the row counts are"):
     engine.data.write_tfrecords({"a": np.zeros(3), "b": np.zeros(4)}, str(tmp_path / "w"))
+
+
+def test_a_corrupt_record_names_its_file_and_keeps_the_steps_trained(make_trainer, tmp_path):
+  x, labels = engine.data.synthetic_arrays("train", 512)
+  paths = engine.data.write_tfrecords({"features": x, **labels}, str(tmp_path / "train"),
+                                      num_shards=2)
+  damaged = bytearray(open(paths[1], "rb").read())
+  damaged[int(len(damaged) * 0.9)] ^= 0xFF  # A record near the end of the second shard.
+  open(paths[1], "wb").write(bytes(damaged))
+  head_list = heads.parse_heads(engine.data.DEMO_HEADS)
+  specs = engine.records.parse_feature_specs("features:float:32")
+  trainer = make_trainer(trunk=engine.experiments.tfrecord.FlatTrunk(specs, (16,)),
+                         head_list=head_list, steps_per_loop=10)
+  dataset = engine.data.tfrecord(str(tmp_path / "train-*"), specs, head_list, batch_size=16,
+                                 training=True, shuffle_buffer=1)
+  with pytest.raises(ValueError) as error:
+    trainer.train(dataset, steps=100)
+  message = str(error.value)
+  assert re.search(r"The input data is damaged \(corrupted record at \d+\): .*train-00001-of-"
+                   r"00002 \(after \d+ good records", message), message
+  assert "train-00000-of-00002" not in message
+  step = trainer.step
+  assert 10 < step < 32 and message.endswith(f"Training stopped at step {step} (saved).")
+  assert tf.train.latest_checkpoint(trainer.config.model_dir).endswith(f"ckpt-{step}")
