@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FEW_STEPS = ["--train_steps=20", "--steps_per_loop=10", "--nojit_compile",
+FEW_STEPS = ["--train_steps=20", "--steps_per_loop=10", "--eval_steps=2", "--nojit_compile",
              "--nohead_diagnostics"]
 SKIPPED = ("make ", ".venv/bin/tensorboard ")
 
@@ -52,6 +52,7 @@ def _run(command, work_dir):
   completed = subprocess.run(["bash", "-c", command], cwd=work_dir, capture_output=True,
                              text=True, timeout=600, check=False)
   return {"command": command, "returncode": completed.returncode,
+          "stdout": completed.stdout, "stderr": completed.stderr,
           "output": (completed.stdout + completed.stderr)[-3000:]}
 
 

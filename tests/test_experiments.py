@@ -34,8 +34,8 @@ def _losses_before_and_after(model_dir, experiment, params, steps, batch_size=32
 @pytest.mark.parametrize("experiment,params,steps", [
     ("synthetic", "hidden_units=32,num_train_examples=1024", 60),
     ("images", "num_train_examples=512,num_eval_examples=128", 60),
-    ("sequences", "large_vocab=True,num_train_examples=512,num_eval_examples=128", 40),
-    ("sequences", "trunk='gru',num_train_examples=256,num_eval_examples=128", 30),
+    ("sequences", "large_vocab=True,num_train_examples=256,num_eval_examples=128", 20),
+    ("sequences", "trunk='gru',num_train_examples=256,num_eval_examples=128", 20),
 ])
 def test_each_built_in_experiment_learns_every_head(tmp_path, experiment, params, steps):
   trainer, before, after = _losses_before_and_after(str(tmp_path), experiment, params, steps)

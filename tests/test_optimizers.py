@@ -30,18 +30,18 @@ def _trainer(model_dir, config):
 
 def test_sgd_cosine_with_warmup_rises_linearly_then_decays_and_resumes_exactly(tmp_path):
   config = engine.Config(model_dir=str(tmp_path), optimizer="sgd", lr_schedule="cosine",
-                         warmup_steps=50, learning_rate=0.1, train_steps=150, steps_per_loop=10,
+                         warmup_steps=50, learning_rate=0.1, train_steps=90, steps_per_loop=10,
                          jit_compile=False, head_diagnostics=False, checkpoint_every=10)
   data = engine.data.synthetic("train", 16, num_examples=256)
-  _trainer(str(tmp_path), config).train(data, steps=80)
-  _trainer(str(tmp_path), config).train(data, steps=150)  # Resumed from step 80.
+  _trainer(str(tmp_path), config).train(data, steps=60)
+  _trainer(str(tmp_path), config).train(data, steps=90)  # Resumed from step 60.
   rates = _learning_rates(str(tmp_path))
-  assert sorted(rates) == list(range(10, 151, 10))
+  assert sorted(rates) == list(range(10, 91, 10))
 
   def expected(step):  # The rate of the next step, after `step` updates.
     if step < 50:
       return 0.1 * step / 50
-    return 0.1 * 0.5 * (1 + math.cos(math.pi * min(step - 50, 100) / 100))
+    return 0.1 * 0.5 * (1 + math.cos(math.pi * min(step - 50, 40) / 40))
   for step, rate in rates.items():
     assert rate == pytest.approx(expected(step), rel=1e-5, abs=1e-7), step
   rising = [rates[s] for s in (10, 20, 30, 40)]

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import engine
 from tests import early_runs
+from tests import events
 from tests import script_errors
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,53 +26,6 @@ _PROGRESS = re.compile(
 def _run(*flags, timeout=240):
   return subprocess.run([sys.executable, _SCRIPT, *flags], capture_output=True, text=True,
                         timeout=timeout, cwd=_ROOT, check=False)
-
-
-def _final_eval(model_dir):
-  accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "eval"),
-                                                   size_guidance={"tensors": 0})
-  accumulator.Reload()
-  return {tag: float(tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto))
-          for tag in accumulator.Tags()["tensors"]
-          if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
-
-
-_DEMO = early_runs.register("demo_run", lambda model_dir: [_SCRIPT, f"--model_dir={model_dir}"])
-
-
-@pytest.fixture(scope="module")
-def demo_run():
-  """The README's demo exactly as `make demo` runs it (default flags)."""
-  return _DEMO.result()
-
-
-def test_the_demo_beats_chance_on_every_head(demo_run):
-  model_dir, result = demo_run
-  assert result.returncode == 0, result.stderr[-3000:]
-  metrics = _final_eval(model_dir)
-  _, labels = engine.data.synthetic_arrays("eval", 4096)
-  majority_digit = np.bincount(labels["digit"]).max() / 4096  # Best constant guess, ~0.13.
-  box_variance = np.mean(np.var(labels["box"], axis=0))  # MSE of the best constant, ~0.2.
-  assert metrics["digit/accuracy"] >= majority_digit + 0.6
-  assert metrics["parity/accuracy"] >= 0.85  # Chance: 0.5.
-  assert metrics["box/loss"] <= 0.5 * box_variance
-  table = result.stdout.splitlines()
-  assert table[0].split() == ["head", "metric", "value"]
-  assert any(row.split()[:2] == ["digit", "accuracy"] for row in table)
-
-
-def test_the_demo_logs_one_progress_line_per_loop(demo_run):
-  _, result = demo_run
-  steps = [int(match.group(1)) for match in _PROGRESS.finditer(result.stderr)]
-  assert steps == list(range(100, 3001, 100))
-
-
-def test_rerunning_the_demo_resumes_instead_of_starting_again(demo_run):
-  model_dir, _ = demo_run
-  result = _run(f"--model_dir={model_dir}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert re.search(r"Restored .*ckpt-3000 at step 3000", result.stderr)
-  assert not _PROGRESS.search(result.stderr)  # Resuming after a stop: the SIGTERM test.
 
 
 def _write_examples(path, split, count):
@@ -101,7 +55,7 @@ def test_training_from_tfrecord_files_configured_by_a_flagfile(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert [os.path.basename(p) for p in tf.train.get_checkpoint_state(model_dir)
           .all_model_checkpoint_paths] == ["ckpt-150", "ckpt-300"]
-  metrics = _final_eval(model_dir)
+  metrics = events.final_scalars(model_dir)
   assert metrics["digit/accuracy"] > 0.4 and metrics["parity/accuracy"] > 0.6
 
 
@@ -156,7 +110,7 @@ def mirrored_run():
 def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(mirrored_run):
   model_dir, result = mirrored_run
   assert result.returncode == 0, result.stderr[-3000:]
-  metrics = _final_eval(model_dir)
+  metrics = events.final_scalars(model_dir)
   assert metrics["digit/accuracy"] > 0.6 and metrics["parity/accuracy"] > 0.6
 
 
@@ -180,7 +134,7 @@ def test_learned_weighting_and_pcgrad_by_flags_reach_tensorboard(weighting_run):
   tags = set(accumulator.Tags()["tensors"])
   assert {"box/log_variance", "digit/loss_weight", "box/trunk_gradient_norm",
           "gradient_cosine/digit_vs_parity"} <= tags
-  assert _final_eval(model_dir)["digit/accuracy"] > 0.5
+  assert events.final_scalars(model_dir)["digit/accuracy"] > 0.5
 
 
 def test_sigterm_saves_the_current_step_and_exits_42_then_the_rerun_resumes(tmp_path):
