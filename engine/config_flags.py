@@ -55,11 +55,9 @@ def define_flags(flag_values=flags.FLAGS):
   return NAMES
 
 
-def config_from_flags(flag_values=flags.FLAGS, **overrides) -> Config:
-  """The Config these flags hold (fields in `overrides` replace theirs)."""
-  values = {name: flag_values[name].value for name in NAMES}
-  values.update(overrides)
-  return Config(**values)
+def config_from_flags(flag_values=flags.FLAGS) -> Config:
+  """The Config these flags hold."""
+  return Config(**{name: flag_values[name].value for name in NAMES})
 
 
 def flagfile_text(config: Config) -> str:

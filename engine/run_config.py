@@ -79,26 +79,23 @@ def record(config: Config) -> None:
   atomic.write_text(path(config.model_dir), config_flags.flagfile_text(config))
 
 
-def apply_to_flags(flag_values, model_dir: str) -> dict:
+def apply_to_flags(flag_values, model_dir: str) -> None:
   """Sets every flag not given on the command line to the value `model_dir` keeps.
 
   Experiment parameters given for the kept experiment are merged over the
-  kept ones (a change names only those). Returns the settings applied.
+  kept ones (a change names only those).
   """
   kept = read(model_dir) or {}
-  applied = {}
   for name, value in kept.items():
     flag = flag_values[name]
     if name == "model_dir":
       continue
     if not flag.present:
       flag.value = value
-      applied[name] = value
     elif name == "experiment_params" and flag_values["experiment"].value == kept.get(
         "experiment"):
       merged = {**experiment_param_values(value or ""), **experiment_param_values(flag.value)}
       flag.value = format_params(merged)
-  return applied
 
 
 def hparams(config: Config) -> dict:
