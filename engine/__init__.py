@@ -17,6 +17,7 @@ from engine.config import Config
 from engine.experiment import Experiment
 from engine.distribution import create_strategy as _create_strategy
 from engine.precision import set_precision
+from engine.preemption import Interrupted
 from engine.preemption import Preempted
 from engine.trainer import Trainer
 
@@ -26,6 +27,6 @@ def create_strategy(config: Config):
   return _create_strategy(config.strategy, config.tpu, config.num_cpu_devices)
 
 
-__all__ = ["Config", "Experiment", "Preempted", "Trainer", "calibration", "config",
+__all__ = ["Config", "Experiment", "Interrupted", "Preempted", "Trainer", "calibration", "config",
            "config_flags", "create_strategy", "data", "distribution", "experiment", "optimizers",
            "precision", "progress", "records", "run_config", "set_precision", "summaries"]

@@ -108,6 +108,14 @@ class Config:
   checkpoint_every: int = _setting(1000, "Save a checkpoint at every multiple of this step, "
                                    "and at the end of training.")
   max_checkpoints: int = _setting(3, "How many checkpoints to keep.")
+  init_checkpoint: Optional[str] = _setting(
+      None, "Before step 0 of a new run, initialise init_modules from this checkpoint, or "
+      "from the newest checkpoint of this model_dir (warm start; ignored once the run has "
+      "its own checkpoint).")
+  init_modules: tuple = _setting(
+      ("trunk",), "What init_checkpoint initialises: trunk and/or head names.")
+  partial_restore: bool = _setting(
+      False, "Resume from a checkpoint that has heads this model lacks (they are left out).")
   checkpoint_iterator: bool = _setting(
       True, "Save the training input's position (shuffle state included) in checkpoints and "
       "resume from it (one device; see BUILD.md).")
@@ -171,6 +179,13 @@ class Config:
     _check_float("lr_end_fraction", self.lr_end_fraction, minimum=0.0, maximum=1.0)
     _check_float("lr_decay_rate", self.lr_decay_rate, minimum=0.0, exclusive=True)
     _check_float("momentum", self.momentum, minimum=0.0, maximum=1.0)
+    if not self.init_modules or not all(isinstance(m, str) and m for m in self.init_modules):
+      raise ValueError(f"init_modules must name 'trunk' and/or heads; received "
+                       f"{self.init_modules!r}.")
+    self.init_checkpoint = self.init_checkpoint or None
+    if self.init_checkpoint is not None and not isinstance(self.init_checkpoint, str):
+      raise ValueError(f"init_checkpoint must be a checkpoint path or a model_dir; received "
+                       f"{self.init_checkpoint!r}.")
     if self.clip_norm is not None:
       _check_float("clip_norm", self.clip_norm, minimum=0.0, exclusive=True)
     self._check_piecewise()

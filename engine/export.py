@@ -67,6 +67,16 @@ def export_saved_model(model, features_spec, path: str, extra_files=None) -> str
 BEST_RECORD = "best_metric.json"  # In each best export: which metric, value and step.
 
 
+def new_version_path(model_dir: str, step: int) -> str:
+  """`model_dir/export/<step>`, or past the highest version if that one exists already
+  (a model changed at the same step, e.g. calibrated: TF Serving loads only newer versions)."""
+  root = tf.io.gfile.join(model_dir, "export")
+  versions = [int(name.strip("/")) for name in (tf.io.gfile.listdir(root)
+                                                if tf.io.gfile.isdir(root) else [])
+              if name.strip("/").isdigit()]
+  return tf.io.gfile.join(root, str(step if step not in versions else max(versions) + 1))
+
+
 def best_export(model_dir: str):
   """The record {"metric", "value", "step", "goal"} of the best export so far, or None."""
   root = tf.io.gfile.join(model_dir, "export", "best")

@@ -14,6 +14,7 @@ progress line, checkpoints and evaluations.
 """
 
 import collections
+import contextlib
 import time
 
 from absl import logging
@@ -40,6 +41,7 @@ from engine import schedule
 from engine import summaries as summaries_lib
 from engine import update as update_lib
 from engine import validation
+from engine import writer
 from engine.config import Config
 
 Preempted = preemption.Preempted
@@ -99,9 +101,11 @@ class Trainer:
       self.balancing = multitask.HeadBalancing(self.heads, config.pcgrad,
                                                config.head_diagnostics, self.replicas)
     self._is_chief = self.strategy.extended.should_checkpoint
+    self._writer = writer.WriterLock(config.model_dir)
     self.checkpoints = checkpointing.Checkpoints(
         model=self.model, optimizer=self.optimizer, strategy=self.strategy,
         model_dir=config.model_dir, max_to_keep=config.max_checkpoints,
+        partial_restore=config.partial_restore,
         counters={"global_step": self.global_step, "skipped_steps": self.skipped_steps,
                   "nonfinite_losses": self.nonfinite_losses})
     self._preemption = None
@@ -156,7 +160,7 @@ class Trainer:
       self.optimizer.build(self.model.trainable_variables)
       self.checks = validation.BatchChecks(self.heads, features_spec)
       self.halting = halting_lib.Halting(self.checks.rows, len(self.heads))
-    self.checkpoints.track_hidden_variables()
+    self.checkpoints.bind()
     self.balancing.configure(self.model)
     self._features_spec = features_spec
     self.update = update_lib.GradientUpdate(
@@ -165,13 +169,16 @@ class Trainer:
     self._loops = loop_lib.Loops(self.strategy,
                                  replica_step.ReplicaStep(self, compile_gradients=self.replicas > 1),
                                  self.config.jit_compile, self.trace_counts)
-    self.checkpoints.restore_latest_readable()
+    self.checkpoints.restore_latest_readable(move_damaged=self._writer.held)
+    if self.checkpoints.restored is None and self.config.init_checkpoint:
+      self.checkpoints.warm_start(self.config.init_checkpoint, self.config.init_modules)
 
   def train(self, dataset: tf.data.Dataset, steps: int, eval_dataset=None) -> dict:
     """Trains until the global step reaches `steps`.
 
-    On SIGTERM, finishes the loop in flight, saves a checkpoint and raises
-    `Preempted` (exit code 42). `dataset` yields global batches; they are
+    On SIGTERM (Ctrl-C), finishes the loop in flight, saves a checkpoint and
+    raises `Preempted`, exit code 42 (`Interrupted`, 130). It holds
+    model_dir's writer lock meanwhile (`engine.writer`). `dataset` yields global batches; they are
     split over the replicas (the same dataset object in a later call goes on
     where this call stopped). A rerun of the same call after a crash resumes
     from the latest checkpoint and finishes the same job. With
@@ -182,6 +189,11 @@ class Trainer:
     features_spec = validation.check_train_arguments(dataset, steps, eval_dataset, self.heads,
                                                      self.config.best_metric)
     distribution.check_batch_divides(features_spec, self.replicas, self.config.accumulation_steps)
+    with self._writing():
+      results = self._train(dataset, features_spec, steps, eval_dataset)
+    return results
+
+  def _train(self, dataset, features_spec, steps, eval_dataset) -> dict:
     if self._is_chief and not self._config_recorded:
       run_config.record(self.config)  # Refuses another model's model_dir before restoring.
       self._config_recorded = True
@@ -194,12 +206,13 @@ class Trainer:
     if self._preemption is None:
       self._preemption = preemption.cluster_handler(self.strategy, self.checkpoints.manager)
     self._reset(guard=True)
-    with preemption.sigterm_flag(enabled=self._preemption is None) as sigterm:
+    with preemption.stop_flag(sigterm=self._preemption is None) as stop:
       while self.step < steps:
-        preemption.exit_if_preempted(self._preemption, sigterm, self.checkpoints, self.step)
+        preemption.exit_if_stopped(self._preemption, stop, self.checkpoints, self.step)
         results = self._train_one_loop(iterator, steps, dataset.element_spec[1], eval_dataset)
-    if eval_dataset is not None:
-      return self._evaluate_and_keep_best(eval_dataset)
+      preemption.exit_if_stopped(None, stop, self.checkpoints, self.step)  # During the last save.
+      if eval_dataset is not None:
+        return self._evaluate_and_keep_best(eval_dataset)
     return results
 
   def _train_one_loop(self, iterator, steps, labels_spec, eval_dataset) -> dict:
@@ -291,14 +304,15 @@ class Trainer:
     and returns `<head>/probabilities` and `<head>/classes`, or
     `<head>/values`, as `predict` does. The default path is
     `model_dir/export/<global step>`, the numbered-version layout TF Serving
-    loads. The write is atomic: a crash leaves any earlier export intact.
+    loads (a step already exported gets the next free number, so Serving
+    sees a new version). The write is atomic: a crash leaves any earlier export intact.
     """
     if self._features_spec is None:
       raise ValueError(
           "Nothing to export yet: the model has no variables. Call train, evaluate or "
           "predict first, or build(features_spec) to restore the latest checkpoint.")
     if path is None:
-      path = tf.io.gfile.join(self.config.model_dir, "export", str(self.step))
+      path = export_lib.new_version_path(self.config.model_dir, self.step)
     export_lib.export_saved_model(self.model, self._features_spec, path)
     logging.info("Exported the model at step %d to %s.", self.step, path)
     return path
@@ -309,10 +323,21 @@ class Trainer:
       raise ValueError("restore needs the model's variables: call build(features_spec) first.")
     self.checkpoints.restore(checkpoint_path)
 
-  def save_checkpoint(self) -> str:
+  def save_checkpoint(self, train_dataset=None) -> str:
     """Writes a checkpoint of the current step (replacing one of the same step,
-    e.g. after calibration) and returns its path. Never writes non-finite weights."""
-    return self.checkpoints.save(self.step)
+    e.g. after calibration) and returns its path. Never writes non-finite weights.
+
+    Pass the training dataset to keep the input position the restored
+    checkpoint held (else a resumed run restarts its pipeline)."""
+    with self._writing():
+      if train_dataset is not None:
+        self.checkpoints.train_iterator(train_dataset, self.strategy,
+                                        self.config.checkpoint_iterator)
+      return self.checkpoints.save(self.step)
+
+  def _writing(self):
+    """The model_dir's writer lock (the chief's; other workers write in their own dirs)."""
+    return self._writer if self._is_chief else contextlib.nullcontext()
 
   def best_export(self):
     """The record {"metric", "value", "step", "goal"} of the best export so far, or None."""

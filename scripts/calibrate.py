@@ -4,7 +4,9 @@ r"""Fits one temperature per classification head on held-out data (Guo et al., 2
 
 Restores the latest checkpoint, prints ECE and NLL per head before and
 after, then stores the temperatures with the model: a checkpoint of the same
-step is rewritten, and an export is written to model_dir/export/<step>.
+step is rewritten (every other variable, and the input position, as they
+were), and a new export version is written (model_dir/export/<step>, or the
+next free number if that step was exported before).
 The held-out set is the experiment's eval data; the model and the data
 come from the settings the run kept (model_dir/config.flags).
 """
@@ -38,7 +40,8 @@ def main(argv):
                          "(only softmax heads do).")
   after = trainer.evaluate(held_out)
   print(engine.calibration.report(before, after, temperatures))
-  trainer.save_checkpoint()
+  # Keeps the training input's position in the rewritten checkpoint.
+  trainer.save_checkpoint(experiment.train_data(trainer.config.batch_size, trainer.config.seed))
   print(trainer.export())
 
 

@@ -140,3 +140,12 @@ def test_a_best_metric_no_head_reports_is_refused_naming_the_choices(make_traine
   with pytest.raises(ValueError, match=r"best_metric='digit/acc' is not an evaluation result "
                                        r"of these heads; choose one of \[.*'digit/accuracy'"):
     make_trainer(best_metric="digit/acc")
+
+
+def test_an_export_of_a_step_already_exported_gets_the_next_version(tmp_path):
+  from engine import export as export_lib  # pylint: disable=import-outside-toplevel
+  assert export_lib.new_version_path(str(tmp_path), 600).endswith("export/600")
+  for version in ("600", "601", ".600.tmp-1", "best"):
+    (tmp_path / "export" / version).mkdir(parents=True)
+  assert export_lib.new_version_path(str(tmp_path), 600).endswith("export/602")
+  assert export_lib.new_version_path(str(tmp_path), 900).endswith("export/900")

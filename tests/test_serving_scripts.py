@@ -134,6 +134,7 @@ def test_evaluate_follows_a_training_run_until_it_ends(tmp_path):
 
 def test_calibrate_script_lowers_the_ece_and_stores_the_temperatures(over_confident_run):
   model_dir, _ = over_confident_run
+  before = _tensors(model_dir)
   result = _run("calibrate.py", f"--model_dir={model_dir}")
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {line.split()[0]: [float(x) for x in line.split()[1:]]
@@ -142,9 +143,23 @@ def test_calibrate_script_lowers_the_ece_and_stores_the_temperatures(over_confid
   assert temperature > 1 and ece_after < 0.6 * ece_before and nll_after < nll_before
   reader = tf.train.load_checkpoint(model_dir)
   stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("heads/digit/") and "temperature" in key]
+            if key.startswith("model/heads/digit/") and "temperature" in key]
   assert stored == [pytest.approx(temperature, rel=1e-4)]
   assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-600")
+  after = _tensors(model_dir)  # Every other variable, and the input position, kept.
+  changed = sorted(key for key in before if not np.array_equal(before[key], after[key]))
+  assert changed == ["model/heads/digit/temperature/.ATTRIBUTES/VARIABLE_VALUE",
+                     "model/heads/parity/temperature/.ATTRIBUTES/VARIABLE_VALUE",
+                     "save_counter/.ATTRIBUTES/VARIABLE_VALUE"]
+  assert "train_iterator/.ATTRIBUTES/ITERATOR_STATE" in reader.get_variable_to_shape_map()
+  exported = result.stdout.splitlines()[-1]
+  assert os.path.isdir(exported) and int(os.path.basename(exported)) >= 600
+
+
+def _tensors(model_dir):
+  reader = tf.train.load_checkpoint(model_dir)
+  return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+          if not key.endswith("ITERATOR_STATE") and key != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
 _SCRIPT_ERRORS = {
