@@ -73,3 +73,12 @@ class DistributionHead(base.Head):
     if tf.executing_eagerly() and self.guarded and bool(looks_like_probabilities(logits)):
       self.report(WHAT[1])
     return super().loss_terms(labels, logits, sample_weight, training)
+
+
+def check_num_classes(name: str, num_classes, what: str = "num_classes"):
+  """A softmax over one class always predicts it, with probability 1: nothing to learn."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    raise ValueError(
+        f"Head '{name}': {what} must be an integer >= 2; received {num_classes!r}. A softmax "
+        "over one class always predicts it; for one yes/no output use "
+        f"SigmoidHead('{name}', 1).")

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from heads import base
+from heads import guard
 from heads import metrics as metrics_lib
 from heads import sequence
 from heads import softmax
@@ -186,9 +187,7 @@ class LargeVocabSoftmaxHead(base.Head):
                label_smoothing: float = 0.0, z_loss: float = 0.0, ignore_label: int = -1,
                **kwargs):
     super().__init__(name, **kwargs)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-      raise ValueError(
-          f"Head '{name}': vocab_size must be an integer >= 2; received {vocab_size!r}.")
+    guard.check_num_classes(name, vocab_size, "vocab_size")
     if chunk_size is None:
       chunk_size = default_chunk_size(vocab_size)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -49,9 +49,7 @@ class SequenceSoftmaxHead(guard.DistributionHead):
                label_smoothing: float = 0.0,
                class_weights: Optional[Sequence[float]] = None, **kwargs):
     super().__init__(name, **kwargs)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-      raise ValueError(
-          f"Head '{name}': num_classes must be an integer >= 1; received {num_classes!r}.")
+    guard.check_num_classes(name, num_classes)
     check_ignore_label(name, ignore_label, num_classes)
     self.num_classes = num_classes
     self.ignore_label = ignore_label

@@ -74,9 +74,7 @@ class SoftmaxHead(guard.DistributionHead):
                class_weights: Optional[Sequence[float]] = None, temperature: float = 1.0,
                top_k: int = 5, **kwargs):
     super().__init__(name, **kwargs)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-      raise ValueError(
-          f"Head '{name}': num_classes must be an integer >= 1; received {num_classes!r}.")
+    guard.check_num_classes(name, num_classes)
     if not temperature > 0:
       raise ValueError(f"Head '{name}': temperature must be > 0; received {temperature!r}.")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:

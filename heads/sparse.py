@@ -19,9 +19,7 @@ class _FenchelYoungHead(guard.DistributionHead):
 
   def __init__(self, name: str, num_classes: int, alpha: float, **kwargs):
     super().__init__(name, **kwargs)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-      raise ValueError(
-          f"Head '{name}': num_classes must be an integer >= 2; received {num_classes!r}.")
+    guard.check_num_classes(name, num_classes)
     self.num_classes = num_classes
     self.alpha = alpha
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")

@@ -32,12 +32,11 @@ def test_raise_policy_and_sequence_heads():
     head.loss_terms(np.zeros((2, 4), np.int64), tf.reshape(_probabilities(), [2, 4, 4]))
 
 
-def test_logits_and_one_class_heads_do_not_trigger_it():
+def test_logits_and_sigmoid_heads_do_not_trigger_it():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     heads.SoftmaxHead("digit", num_classes=4).loss_terms(
         np.zeros(8, np.int64), tf.random.stateless_normal([8, 4], seed=[3, 4]))
-    heads.SoftmaxHead("one", num_classes=1).loss_terms(np.zeros(8, np.int64), tf.ones([8, 1]))
     heads.SigmoidHead("tags", num_classes=4).loss_terms(np.zeros((8, 4)), _probabilities())
 
 

@@ -135,11 +135,16 @@ def test_metrics_match_keras_and_a_direct_numpy_ece_across_batches():
   np.testing.assert_allclose(results["accuracy"], accuracy, rtol=1e-6)
 
 
-def test_a_single_class_head_has_zero_loss_and_full_confidence():
-  head = _built(heads.SoftmaxHead("only", num_classes=1))
-  loss_sum, weight_sum, _ = head.loss_terms(np.zeros(4, np.int64), np.random.randn(4, 1))
-  assert float(loss_sum) == 0.0 and float(weight_sum) == 4.0
-  np.testing.assert_array_equal(head.predict(tf.ones([2, 1]))["probabilities"], [[1.0], [1.0]])
+@pytest.mark.parametrize("make", [
+    lambda: heads.SoftmaxHead("only", num_classes=1),
+    lambda: heads.SequenceSoftmaxHead("only", num_classes=1),
+    lambda: heads.EntmaxHead("only", num_classes=1),
+    lambda: heads.LargeVocabSoftmaxHead("only", vocab_size=1)])
+def test_a_single_class_softmax_head_is_refused_suggesting_sigmoid(make):
+  # It would always predict its one class with probability 1: loss 0, nothing learned.
+  with pytest.raises(ValueError, match=r"Head 'only': (num_classes|vocab_size) must be an "
+                     r"integer >= 2; received 1\. .*SigmoidHead\('only', 1\)"):
+    make()
 
 
 @pytest.mark.parametrize("kwargs,message", [

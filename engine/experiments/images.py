@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from engine import data
 from engine.experiment import Experiment
 import heads as heads_lib
 
@@ -58,9 +59,9 @@ def images(image_size=16, filters=(16, 32), width=64, num_train_examples=4096,
 
   def batches(split, count, batch_size, seed=None):
     x, labels = image_arrays(split, count, image_size)
-    dataset = tf.data.Dataset.from_tensor_slices((x, labels))
     if split == "train":
-      dataset = dataset.shuffle(count, seed=seed).repeat()
+      return data.shuffled_batches((x, labels), batch_size, seed)
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels))
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   return Experiment(

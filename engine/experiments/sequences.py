@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from engine import data
 from engine.experiment import Experiment
 import heads as heads_lib
 
@@ -114,9 +115,12 @@ def sequences(vocab_size=64, max_length=24, width=64, trunk="transformer", large
     def cut(length, rows, majority):  # Each example at its own length.
       labels = {key: rows[key][:length] for key in keys}
       return rows["tokens"][:length], {**labels, "majority": majority}
-    dataset = tf.data.Dataset.from_tensor_slices((lengths, columns, majority))
-    if split == "train":
-      dataset = dataset.shuffle(count, seed=seed).repeat()
+    if split == "train":  # Shuffled indices: a small input position in checkpoints.
+      rows = tf.nest.map_structure(tf.constant, (lengths, columns, majority))
+      dataset = data.shuffled_indices(count, seed).map(
+          lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), rows))
+    else:
+      dataset = tf.data.Dataset.from_tensor_slices((lengths, columns, majority))
     dataset = dataset.map(cut)
     padding = (tf.constant(0, tf.int64), {key: tf.constant(IGNORE if key != "majority" else 0,
                                                            tf.int64) for key in [*keys, "majority"]})
