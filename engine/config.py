@@ -91,6 +91,9 @@ class Config:
       "basic", "basic: each head's loss and main metric in training (sums inside the compiled "
       "step); full: every evaluation metric in every training step (slower).",
       choices=TRAIN_METRICS)
+  max_consecutive_skips: int = _setting(
+      100, "Stop with an error after this many steps in a row were skipped as NaN or infinite "
+      "(nonfinite=skip, or loss-scale overflows); 0: no limit.")
   nonfinite: str = _setting(
       "raise", "A step whose loss or gradients are NaN/Inf is never applied; raise: stop, "
       "naming the heads and the step; skip: count it per head (TensorBoard) and go on.",
@@ -160,7 +163,7 @@ class Config:
     for name in ("batch_size", "train_steps", "steps_per_loop", "checkpoint_every",
                  "max_checkpoints", "accumulation_steps"):
       _check_int(name, getattr(self, name), minimum=1)
-    for name in ("eval_every", "num_cpu_devices", "warmup_steps"):
+    for name in ("eval_every", "num_cpu_devices", "warmup_steps", "max_consecutive_skips"):
       _check_int(name, getattr(self, name), minimum=0)
     for name in ("eval_steps", "lr_decay_steps"):
       if getattr(self, name) is not None:

@@ -8,12 +8,13 @@ and raises (`Trainer` names the heads and the step).
 
 Reasons: a batch failed a check (`BatchChecks`), a head fed probabilities
 with `double_softmax="raise"`, or (with `nonfinite="raise"`) a head's loss,
-or the gradients, became NaN or infinite.
+or the gradients, became NaN or infinite; or `max_consecutive_skips` steps
+in a row were skipped as not finite.
 """
 
 import tensorflow as tf
 
-NONE, BAD_BATCH, PROBABILITIES, NONFINITE_LOSS, NONFINITE_GRADIENTS = range(5)
+NONE, BAD_BATCH, PROBABILITIES, NONFINITE_LOSS, NONFINITE_GRADIENTS, TOO_MANY_SKIPS = range(6)
 
 
 class Halting:

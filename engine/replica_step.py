@@ -82,11 +82,15 @@ class ReplicaStep:
                               out["non_trainable"], replicas, outcome.applied)
     healthy = outcome.losses_finite if t.update.loss_scaled else outcome.finite
     fatal = allowed & tf.logical_not(healthy) & tf.constant(t.config.nonfinite == "raise")
-    stop = running & (tf.logical_not(batch_ok) | guard_stop | fatal)
+    limit = t.config.max_consecutive_skips
+    streak_ended = tf.constant(limit > 0) & (t.update.consecutive_skips >= max(limit, 1))
+    stop = running & (tf.logical_not(batch_ok) | guard_stop | fatal | streak_ended)
     reason = tf.where(tf.logical_not(batch_ok), halting_lib.BAD_BATCH,
                       tf.where(guard_stop, halting_lib.PROBABILITIES,
-                               tf.where(outcome.losses_finite, halting_lib.NONFINITE_GRADIENTS,
-                                        halting_lib.NONFINITE_LOSS)))
+                               tf.where(fatal, tf.where(outcome.losses_finite,
+                                                        halting_lib.NONFINITE_GRADIENTS,
+                                                        halting_lib.NONFINITE_LOSS),
+                                        halting_lib.TOO_MANY_SKIPS)))
     t.halting.record(stop, step + 1, reason, checks, outcome.bad_heads)
     t.halting.probabilities.assign(tf.where(guard_now, probabilities, t.halting.probabilities))
     t.guard_pending.assign(False)
@@ -97,10 +101,12 @@ class ReplicaStep:
       losses = {name: tf.math.divide_no_nan(loss_sums[name], weight_sums[name])
                 for name in loss_sums}
       t.balancing.update_weightings(losses, last_norms, step, outcome.applied)
-    t.measurements.accumulate(terms, _batch_size(t, labels), counted, outcome.norm,
+    # A skipped step's NaN or infinite losses stay out of the reported means.
+    measured = counted & outcome.losses_finite
+    t.measurements.accumulate(terms, _batch_size(t, labels), measured, outcome.norm,
                               outcome.applied)
     if t.config.train_metrics == "full":
-      t.measurements.update_metrics(labels, out["logits"], weights, terms, counted)
+      t.measurements.update_metrics(labels, out["logits"], weights, terms, measured)
     t.global_step.assign_add(tf.cast(counted, tf.int64))
 
   def evaluate(self, element):

@@ -98,6 +98,12 @@ def raise_if_halted(trainer, values, labels_spec, evaluation=False):
   bad = [head.name for head, flag in zip(trainer.heads, record["heads"]) if flag]
   what = (f"the loss of head(s) {bad}" if bad
           else "the gradients (every head's loss was finite)")
+  if reason == halting_lib.TOO_MANY_SKIPS:
+    raise ValueError(
+        f"{at}, {trainer.config.max_consecutive_skips} steps in a row had been skipped as NaN "
+        f"or infinite (the last: {what}). Training stopped at step {trainer.step} (saved). "
+        "Look at the data, lower the learning rate or clip gradients (--clip_norm); "
+        "--max_consecutive_skips sets the limit.")
   raise ValueError(
       f"{at}, {what} became NaN or infinite.{stopped} Look at that batch, or lower the "
       "learning rate; --nonfinite=skip skips such steps instead.")

@@ -91,6 +91,7 @@ class Trainer:
         return tf.Variable(value, dtype=tf.int64, trainable=False, name=name, aggregation=first)
       self.global_step = counter("global_step")
       self.skipped_steps = counter("skipped_steps")
+      self.consecutive_skips = counter("consecutive_skips")
       # Per head, in head order: steps skipped because that head's loss was not finite.
       self.nonfinite_losses = counter("nonfinite_losses", tf.zeros([len(self.heads)], tf.int64))
       # The first step of each `train` call runs the double-softmax guard.
@@ -107,6 +108,7 @@ class Trainer:
         model_dir=config.model_dir, max_to_keep=config.max_checkpoints,
         partial_restore=config.partial_restore,
         counters={"global_step": self.global_step, "skipped_steps": self.skipped_steps,
+                  "consecutive_skips": self.consecutive_skips,
                   "nonfinite_losses": self.nonfinite_losses})
     self._preemption = None
     self._summaries = summaries_lib.SummaryWriters(self.checkpoints.own_dir)
@@ -165,7 +167,7 @@ class Trainer:
     self._features_spec = features_spec
     self.update = update_lib.GradientUpdate(
         self.optimizer, self.model.trainable_variables, self.replicas, self.config.clip_norm,
-        self.skipped_steps, self.nonfinite_losses)
+        self.skipped_steps, self.nonfinite_losses, self.consecutive_skips)
     self._loops = loop_lib.Loops(self.strategy,
                                  replica_step.ReplicaStep(self, compile_gradients=self.replicas > 1),
                                  self.config.jit_compile, self.trace_counts)

@@ -68,10 +68,12 @@ class GradientUpdate:
     skipped_steps: an int64 variable counting steps not applied (non-finite).
     nonfinite_losses: an int64 variable [heads] counting, per head, the steps
       whose loss was not finite.
+    consecutive_skips: an int64 variable counting the steps not applied since
+      the last applied one.
   """
 
   def __init__(self, optimizer, variables, replicas, clip_norm, skipped_steps,
-               nonfinite_losses):
+               nonfinite_losses, consecutive_skips):
     self._optimizer = optimizer
     self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     self._variables = variables
@@ -79,6 +81,7 @@ class GradientUpdate:
     self._clip_norm = clip_norm
     self._skipped_steps = skipped_steps
     self._nonfinite_losses = nonfinite_losses
+    self.consecutive_skips = consecutive_skips
 
   @property
   def loss_scaled(self) -> bool:
@@ -175,6 +178,8 @@ class GradientUpdate:
     """Counts a rejected step and moves the loss scale, without a branch."""
     self._skipped_steps.assign_add(tf.cast(rejected, tf.int64))
     self._nonfinite_losses.assign_add(tf.cast(bad_heads & rejected, tf.int64))
+    streak = self.consecutive_skips
+    streak.assign(tf.where(rejected, streak + 1, tf.where(applied, tf.zeros_like(streak), streak)))
     if not self._loss_scaled:
       return
     # LossScaleOptimizer's rule: halve on overflow; double after

@@ -71,6 +71,27 @@ def test_skip_leaves_the_weights_untouched_counts_the_head_and_goes_on(make_trai
   assert counts[2] == 0.0 and counts[3] == 1.0 and counts[6] == 1.0
 
 
+def test_skipped_steps_stay_out_of_the_reported_loss(make_trainer):
+  trainer = make_trainer(steps_per_loop=6, nonfinite="skip")
+  results = trainer.train(_batches(2, "box"), steps=6)
+  assert int(trainer.skipped_steps.numpy()) == 1
+  assert np.isfinite(results["loss"]) and np.isfinite(results["box/loss"])
+  # The mean of the five applied steps' losses: well below the 1e60 of the skipped one.
+  assert results["box/loss"] < 10.0
+
+
+def test_too_many_skipped_steps_in_a_row_stop_the_run(make_trainer):
+  x, labels = engine.data.synthetic_arrays("train", 96)
+  labels["box"][32:] = 1e30  # From the third batch on, every step is skipped.
+  trainer = make_trainer(steps_per_loop=6, nonfinite="skip", max_consecutive_skips=3)
+  with pytest.raises(ValueError, match=r"At step 5, 3 steps in a row had been skipped as NaN "
+                     r"or infinite \(the last: the loss of head\(s\) \['box'\]\)\. Training "
+                     r"stopped at step 4 \(saved\)\..*--max_consecutive_skips"):
+    trainer.train(dataset_of(x, labels, batch_size=16), steps=6)
+  assert int(trainer.skipped_steps.numpy()) == 3
+  assert tf.train.latest_checkpoint(trainer.config.model_dir).endswith("ckpt-4")
+
+
 def test_nonfinite_policy_is_checked():
   with pytest.raises(ValueError, match=r"nonfinite must be one of \('raise', 'skip'\); "
                                        r"received 'ignore'"):
