@@ -8,14 +8,14 @@ What runs where: `engine.loop` holds the compiled loops, `engine.replica_step`
 one replica's step, `engine.step` its math, `engine.update` the update,
 `engine.measurements` the sums and metrics, `engine.halting` why a loop
 stopped applying steps, `engine.checkpointing` and `engine.preemption` what
-survives a crash. Between loops the host makes one call (`_report`) for the
-results, the counters and the summaries, then writes summaries, the
-progress line, checkpoints and evaluations.
+survives a crash, `engine.training` one `train` call on the host (after
+each loop, one host call, `read_report`, for the results, the counters and
+the summaries; then summaries, the progress line, checkpoints and
+evaluations).
 """
 
 import collections
 import contextlib
-import time
 
 from absl import logging
 import keras
@@ -33,12 +33,10 @@ from engine import pictures as pictures_lib
 from engine import precision as precision_lib
 from engine import preemption
 from engine import progress
-from engine import records
 from engine import replica_step
 from engine import reporting
-from engine import run_config
-from engine import schedule
 from engine import summaries as summaries_lib
+from engine import training
 from engine import update as update_lib
 from engine import validation
 from engine import writer
@@ -101,7 +99,7 @@ class Trainer:
       self.pictures = pictures_lib.EvalPictures(self.heads)
       self.balancing = multitask.HeadBalancing(self.heads, config.pcgrad,
                                                config.head_diagnostics, self.replicas)
-    self._is_chief = self.strategy.extended.should_checkpoint
+    self.is_chief = self.strategy.extended.should_checkpoint
     self._writer = writer.WriterLock(config.model_dir)
     self.checkpoints = checkpointing.Checkpoints(
         model=self.model, optimizer=self.optimizer, strategy=self.strategy,
@@ -110,23 +108,19 @@ class Trainer:
         counters={"global_step": self.global_step, "skipped_steps": self.skipped_steps,
                   "consecutive_skips": self.consecutive_skips,
                   "nonfinite_losses": self.nonfinite_losses})
-    self._preemption = None
-    self._summaries = summaries_lib.SummaryWriters(self.checkpoints.own_dir)
-    self._profiler = schedule.Profiler(config.profile_steps, config.model_dir)
-    self._report = tf.function(lambda full: reporting.report(self, full), autograph=False)
-    self._reset = tf.function(lambda guard: reporting.reset(self, guard), autograph=False)
+    self.summaries = summaries_lib.SummaryWriters(self.checkpoints.own_dir)
+    # The one host call after a loop, and the reset before one.
+    self.read_report = tf.function(lambda full: reporting.report(self, full), autograph=False)
+    self.reset_measurements = tf.function(lambda guard: reporting.reset(self, guard),
+                                          autograph=False)
     if config.best_metric is not None and config.best_metric not in self.metric_names:
       raise ValueError(f"best_metric={config.best_metric!r} is not an evaluation result of "
                        f"these heads; choose one of {self.metric_names}.")
     self._features_spec = None
     # How often each compiled function was traced; a test keeps this at 1.
     self.trace_counts = collections.Counter()
-    self._loops = None
-    self._loops_run = 0
-    self._speed = progress.Speed()
-    self._config_recorded = False
-    # What the last training loop wrote to TensorBoard (and its example count).
-    self.last_train_scalars = {}
+    self.loops = None
+    self._training = training.Training(self)
     self._predict = tf.function(self._predict_fn, jit_compile=config.jit_compile,
                                 reduce_retracing=True, autograph=False)
 
@@ -135,6 +129,11 @@ class Trainer:
   @property
   def step(self) -> int:
     return int(self.global_step.numpy())
+
+  @property
+  def last_train_scalars(self) -> dict:
+    """What the last training loop wrote to TensorBoard (and its example count)."""
+    return self._training.last_train_scalars
 
   @property
   def latest_checkpoint(self):
@@ -168,7 +167,7 @@ class Trainer:
     self.update = update_lib.GradientUpdate(
         self.optimizer, self.model.trainable_variables, self.replicas, self.config.clip_norm,
         self.skipped_steps, self.nonfinite_losses, self.consecutive_skips)
-    self._loops = loop_lib.Loops(self.strategy,
+    self.loops = loop_lib.Loops(self.strategy,
                                  replica_step.ReplicaStep(self, compile_gradients=self.replicas > 1),
                                  self.config.jit_compile, self.trace_counts)
     self.checkpoints.restore_latest_readable(move_damaged=self._writer.held)
@@ -180,8 +179,8 @@ class Trainer:
 
     On SIGTERM (Ctrl-C), finishes the loop in flight, saves a checkpoint and
     raises `Preempted`, exit code 42 (`Interrupted`, 130). It holds
-    model_dir's writer lock meanwhile (`engine.writer`). `dataset` yields global batches; they are
-    split over the replicas (the same dataset object in a later call goes on
+    model_dir's writer lock meanwhile (`engine.writer`). `dataset` yields
+    global batches; they are split over the replicas (the same dataset object in a later call goes on
     where this call stopped). A rerun of the same call after a crash resumes
     from the latest checkpoint and finishes the same job. With
     `eval_dataset`, evaluates every `config.eval_every` steps (if set) and at
@@ -192,78 +191,7 @@ class Trainer:
                                                      self.config.best_metric)
     distribution.check_batch_divides(features_spec, self.replicas, self.config.accumulation_steps)
     with self._writing():
-      results = self._train(dataset, features_spec, steps, eval_dataset)
-    return results
-
-  def _train(self, dataset, features_spec, steps, eval_dataset) -> dict:
-    if self._is_chief and not self._config_recorded:
-      run_config.record(self.config)  # Refuses another model's model_dir before restoring.
-      self._config_recorded = True
-    self.build(features_spec)
-    results = {}
-    if self.step >= steps:
-      logging.info("Global step %d already reaches steps=%d; nothing to train.", self.step, steps)
-    iterator = self.checkpoints.train_iterator(dataset, self.strategy,
-                                               self.config.checkpoint_iterator)
-    if self._preemption is None:
-      self._preemption = preemption.cluster_handler(self.strategy, self.checkpoints.manager)
-    self._reset(guard=True)
-    with preemption.stop_flag(sigterm=self._preemption is None) as stop:
-      while self.step < steps:
-        preemption.exit_if_stopped(self._preemption, stop, self.checkpoints, self.step)
-        results = self._train_one_loop(iterator, steps, dataset.element_spec[1], eval_dataset)
-      preemption.exit_if_stopped(None, stop, self.checkpoints, self.step)  # During the last save.
-      if eval_dataset is not None:
-        return self._evaluate_and_keep_best(eval_dataset)
-    return results
-
-  def _train_one_loop(self, iterator, steps, labels_spec, eval_dataset) -> dict:
-    """One compiled loop, then its report, summaries, progress line, checkpoint and evaluation."""
-    start_step = self.step
-    num_steps = schedule.loop_length(start_step, steps, self.config)
-    self._profiler.maybe_start(start_step)
-    start = time.perf_counter()
-    traces = sum(self.trace_counts.values())
-    try:
-      # Diagnostics from the Trainer's second loop on: the first compiles one program.
-      diagnosed = self.balancing.diagnostics and self._loops_run > 0
-      try:
-        complete = self._loops.train(iterator, num_steps, diagnostics=diagnosed)
-      except tf.errors.DataLossError as error:  # A corrupt record: keep the steps done.
-        self.checkpoints.save_if_new(self.step)
-        raise ValueError(f"{records.data_loss_message(error)} Training stopped at step "
-                         f"{self.step} (saved).") from error
-      self._loops_run += 1
-      report = reporting.to_numpy(self._report(full=self.config.train_metrics == "full"))
-    finally:
-      self._profiler.maybe_stop(self.step)
-    seconds = time.perf_counter() - start
-    done = self.step - start_step
-    halted = report["halting"]["reason"] != halting_lib.NONE
-    if halted or not complete:
-      self.checkpoints.save_if_new(self.step)  # The steps before; a bad one was not applied.
-    self.last_train_scalars = reporting.train_scalars(
-        report, done, seconds, diagnosed=diagnosed and complete and done == num_steps)
-    self._summaries.write_scalars("train", {key: value for key, value in
-                                            self.last_train_scalars.items()
-                                            if key != "examples"}, self.step)
-    results = report["results"]
-    self._speed.add(done, seconds, compiled=sum(self.trace_counts.values()) > traces)
-    progress.show(progress.train_line(self.step, steps, results, self.model.head_names,
-                                      done / seconds, self._speed.eta(steps - self.step)))
-    reporting.warn_about_probabilities(self.heads, report["halting"]["probabilities"])
-    reporting.raise_if_halted(self, report, labels_spec)
-    if not complete:
-      raise ValueError(
-          f"The training dataset ended at global step {self.step}, before "
-          f"reaching steps={steps}: repeat it (dataset.repeat()). The steps "
-          "trained so far were saved.")
-    if self.step % self.config.checkpoint_every == 0 or self.step == steps:
-      self.checkpoints.save_if_new(self.step)
-    if (eval_dataset is not None and self.config.eval_every
-        and self.step % self.config.eval_every == 0 and self.step < steps):
-      self._evaluate_and_keep_best(eval_dataset)
-    return results
+      return self._training.run(dataset, features_spec, steps, eval_dataset)
 
   def evaluate(self, dataset: tf.data.Dataset, steps=None) -> dict:
     """Evaluates on `steps` batches (default `config.eval_steps`, else all).
@@ -277,16 +205,16 @@ class Trainer:
       raise ValueError(f"evaluate steps must be an integer >= 1 or None; received {steps!r}.")
     features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
     self.build(features_spec)
-    self._reset(guard=False)
-    evaluated = self._loops.evaluate(iter(self.strategy.experimental_distribute_dataset(dataset)),
+    self.reset_measurements(guard=False)
+    evaluated = self.loops.evaluate(iter(self.strategy.experimental_distribute_dataset(dataset)),
                                      steps, self.config.steps_per_loop)
-    report = reporting.to_numpy(self._report(full=True))
+    report = reporting.to_numpy(self.read_report(full=True))
     reporting.raise_if_halted(self, report, dataset.element_spec[1], evaluation=True)
     if evaluated == 0:
       raise ValueError("The evaluation dataset is empty: it produced no batch.")
     results = report["results"]
-    self._summaries.write_scalars("eval", results, self.step)
-    with self._summaries.as_default("eval", self.step):
+    self.summaries.write_scalars("eval", results, self.step)
+    with self.summaries.as_default("eval", self.step):
       self.pictures.write()
     progress.show(progress.eval_line(self.step, results))
     return results
@@ -339,7 +267,7 @@ class Trainer:
 
   def _writing(self):
     """The model_dir's writer lock (the chief's; other workers write in their own dirs)."""
-    return self._writer if self._is_chief else contextlib.nullcontext()
+    return self._writer if self.is_chief else contextlib.nullcontext()
 
   def best_export(self):
     """The record {"metric", "value", "step", "goal"} of the best export so far, or None."""
@@ -347,10 +275,10 @@ class Trainer:
 
   # --- between loops ---------------------------------------------------------
 
-  def _evaluate_and_keep_best(self, eval_dataset) -> dict:
+  def evaluate_and_keep_best(self, eval_dataset) -> dict:
     """Evaluates; with `config.best_metric`, exports the model if it is the best so far."""
     results = self.evaluate(eval_dataset)
-    if self._is_chief:  # The chief exports.
+    if self.is_chief:  # The chief exports.
       export_lib.keep_if_best(self.model, self._features_spec, self.config, results, self.step)
     return results
 

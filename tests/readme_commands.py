@@ -19,8 +19,7 @@ import subprocess
 import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FEW_STEPS = ["--train_steps=20", "--steps_per_loop=10", "--eval_steps=2", "--nojit_compile",
-             "--nohead_diagnostics"]
+FEW_STEPS = ["--train_steps=20", "--steps_per_loop=10", "--eval_steps=2", "--nojit_compile"]
 SKIPPED = ("make ", ".venv/bin/tensorboard ")
 
 

@@ -47,7 +47,7 @@ def test_heads_in_another_order_restore_by_name(pq_run, make_trainer):
   again = swapped.evaluate(_two_head_data("eval", 256, 64, False))
   assert again["p/accuracy"] == pytest.approx(results["p/accuracy"])
   assert again["q/accuracy"] == pytest.approx(results["q/accuracy"])
-  assert results["p/accuracy"] > 0.7 and results["q/accuracy"] > 0.7  # Trained, not chance.
+  assert results["p/accuracy"] > 0.6 and results["q/accuracy"] > 0.6  # Trained, not chance (0.5).
 
 
 def test_the_checkpoint_lists_head_and_layer_names(pq_run):

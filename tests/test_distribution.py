@@ -212,7 +212,7 @@ def test_xla_stays_on_for_the_gradients_under_mirrored(tmp_path, mirrored):
   train = _data().batch(16, drop_remainder=True).repeat()
   two.train(train, steps=1)
   iterator = iter(mirrored.experimental_distribute_dataset(train))
-  graph = two._loops.train_function.get_concrete_function(iterator, tf.constant(1)).graph  # pylint: disable=protected-access
+  graph = two.loops.train_function.get_concrete_function(iterator, tf.constant(1)).graph
   compiled = [function.signature.name for function in graph.as_graph_def().library.function
               if function.attr["_XlaMustCompile"].b]
   assert any("gradients" in name for name in compiled), compiled

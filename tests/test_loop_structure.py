@@ -24,7 +24,7 @@ def _library(graph):
 def _loop(trainer, dataset):
   iterator = iter(dataset if trainer.strategy.num_replicas_in_sync == 1
                   else trainer.strategy.experimental_distribute_dataset(dataset))
-  graph = trainer._loops.train_function.get_concrete_function(  # pylint: disable=protected-access
+  graph = trainer.loops.train_function.get_concrete_function(
       iterator, tf.constant(1)).graph
   library = _library(graph)
   whiles = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]

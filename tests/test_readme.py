@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 import engine
 from tests import early_runs
@@ -89,3 +90,28 @@ def test_rerunning_the_demo_resumes_instead_of_starting_again(demo_run):
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.search(r"Restored .*ckpt-3000 at step 3000", result.stderr)
   assert not _PROGRESS.search(result.stderr)  # Resuming after a stop: the SIGTERM test.
+
+
+def test_the_pcgrad_and_uncertainty_command_reaches_tensorboard(readme_outcomes):
+  _, runs = readme_outcomes
+  accumulator = event_accumulator.EventAccumulator(os.path.join(runs, "uncertainty", "train"),
+                                                   size_guidance={"tensors": 0})
+  accumulator.Reload()
+  tags = set(accumulator.Tags()["tensors"])
+  assert {"box/log_variance", "digit/loss_weight", "box/trunk_gradient_norm",
+          "gradient_cosine/digit_vs_parity"} <= tags
+  kept = engine.run_config.read(os.path.join(runs, "uncertainty"))
+  assert kept["pcgrad"]
+  assert engine.config.experiment_param_values(kept["experiment_params"])["weighting"] == (
+      "uncertainty")
+
+
+def test_the_mirrored_command_trains_two_replicas_with_its_settings(readme_outcomes):
+  outcomes, runs = readme_outcomes
+  kept = engine.run_config.read(os.path.join(runs, "mirrored"))
+  assert (kept["strategy"], kept["num_cpu_devices"], kept["precision"],
+          kept["accumulation_steps"], kept["clip_norm"]) == (
+              "mirrored", 2, "mixed_bfloat16", 2, 1.0)
+  mirrored, = [o for o in outcomes if "--model_dir=runs/mirrored" in o["command"]]
+  assert "train | step 20/20" in mirrored["stderr"]
+  assert np.isfinite(events.final_scalars(os.path.join(runs, "mirrored"))["loss"])

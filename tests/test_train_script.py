@@ -6,13 +6,10 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 import engine
-from tests import early_runs
 from tests import events
 from tests import script_errors
 
@@ -94,47 +91,6 @@ def bad_flag_errors(tmp_path_factory):
 @pytest.mark.parametrize("flag", list(_BAD_FLAGS))
 def test_bad_flags_are_named_in_the_error(bad_flag_errors, flag):
   assert re.search(_BAD_FLAGS[flag], bad_flag_errors[flag] or ""), bad_flag_errors[flag]
-
-
-_MIRRORED = early_runs.register("mirrored_run", lambda model_dir: [
-    _SCRIPT, f"--model_dir={model_dir}", "--nohead_diagnostics", "--strategy=mirrored",
-    "--num_cpu_devices=2", "--precision=mixed_bfloat16", "--accumulation_steps=2",
-    "--clip_norm=5", "--train_steps=300", "--steps_per_loop=100"])
-
-
-@pytest.fixture
-def mirrored_run():
-  return _MIRRORED.result()
-
-
-def test_two_replicas_mixed_precision_accumulation_and_clipping_by_flags(mirrored_run):
-  model_dir, result = mirrored_run
-  assert result.returncode == 0, result.stderr[-3000:]
-  metrics = events.final_scalars(model_dir)
-  assert metrics["digit/accuracy"] > 0.6 and metrics["parity/accuracy"] > 0.6
-
-
-_WEIGHTING = early_runs.register("weighting_run", lambda model_dir: [
-    _SCRIPT, f"--model_dir={model_dir}", "--pcgrad", "--experiment_params=weighting="
-    "uncertainty,heads=digit:softmax:10,parity:softmax:2,box:regression:4", "--train_steps=200",
-    "--eval_every=0"])
-
-
-@pytest.fixture
-def weighting_run():
-  return _WEIGHTING.result()
-
-
-def test_learned_weighting_and_pcgrad_by_flags_reach_tensorboard(weighting_run):
-  model_dir, result = weighting_run
-  assert result.returncode == 0, result.stderr[-3000:]
-  accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "train"),
-                                                   size_guidance={"tensors": 0})
-  accumulator.Reload()
-  tags = set(accumulator.Tags()["tensors"])
-  assert {"box/log_variance", "digit/loss_weight", "box/trunk_gradient_norm",
-          "gradient_cosine/digit_vs_parity"} <= tags
-  assert events.final_scalars(model_dir)["digit/accuracy"] > 0.5
 
 
 def test_sigterm_saves_the_current_step_and_exits_42_then_the_rerun_resumes(tmp_path):

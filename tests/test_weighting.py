@@ -272,7 +272,7 @@ def _matmuls(trainer):
   Each head's backward pass through the trunk adds its own matmuls.
   """
   counts = []
-  for step in (trainer._loops._train_step, trainer._loops._diagnostic_step):  # pylint: disable=protected-access
+  for step in (trainer.loops._train_step, trainer.loops._diagnostic_step):  # pylint: disable=protected-access
     for concrete in step._list_all_concrete_functions():  # pylint: disable=protected-access
       counts.append(sum(op.type == "MatMul" for op in concrete.graph.get_operations()))
   return counts

@@ -1,0 +1,107 @@
+"""What one `Trainer.train` call does on the host, around the compiled loops.
+
+Record the run's configuration, build and restore, attach the input
+position, then loop: one compiled loop (`engine.loop`), one host call for
+its report, then the summaries, the progress line, the errors the loop
+recorded, checkpoints and evaluations; signals are acted on between loops
+and after the last one. Kept apart from the Trainer (the facade) because
+this is its one long procedure; the state it keeps between calls (the
+cluster's preemption handler, loops run, speed) lives here.
+"""
+
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from engine import halting as halting_lib
+from engine import preemption
+from engine import progress
+from engine import records
+from engine import reporting
+from engine import run_config
+from engine import schedule
+
+
+class Training:
+  """`run` is `Trainer.train` once its arguments are checked; `t` is the Trainer."""
+
+  def __init__(self, trainer):
+    self._t = trainer
+    self._preemption = None
+    self._loops_run = 0
+    self._config_recorded = False
+    self._speed = progress.Speed()
+    self._profiler = schedule.Profiler(trainer.config.profile_steps, trainer.config.model_dir)
+    # What the last training loop wrote to TensorBoard (and its example count).
+    self.last_train_scalars = {}
+
+  def run(self, dataset, features_spec, steps, eval_dataset) -> dict:
+    t = self._t
+    if t.is_chief and not self._config_recorded:
+      run_config.record(t.config)  # Refuses another model's model_dir before restoring.
+      self._config_recorded = True
+    t.build(features_spec)
+    results = {}
+    if t.step >= steps:
+      logging.info("Global step %d already reaches steps=%d; nothing to train.", t.step, steps)
+    iterator = t.checkpoints.train_iterator(dataset, t.strategy, t.config.checkpoint_iterator)
+    if self._preemption is None:
+      self._preemption = preemption.cluster_handler(t.strategy, t.checkpoints.manager)
+    t.reset_measurements(guard=True)
+    with preemption.stop_flag(sigterm=self._preemption is None) as stop:
+      while t.step < steps:
+        preemption.exit_if_stopped(self._preemption, stop, t.checkpoints, t.step)
+        results = self._one_loop(iterator, steps, dataset.element_spec[1], eval_dataset)
+      preemption.exit_if_stopped(None, stop, t.checkpoints, t.step)  # During the last save.
+      if eval_dataset is not None:
+        return t.evaluate_and_keep_best(eval_dataset)
+    return results
+
+  def _one_loop(self, iterator, steps, labels_spec, eval_dataset) -> dict:
+    """One compiled loop, then its report, summaries, progress line, checkpoint and evaluation."""
+    t = self._t
+    start_step = t.step
+    num_steps = schedule.loop_length(start_step, steps, t.config)
+    self._profiler.maybe_start(start_step)
+    start = time.perf_counter()
+    traces = sum(t.trace_counts.values())
+    try:
+      # Diagnostics from the Trainer's second loop on: the first compiles one program.
+      diagnosed = t.balancing.diagnostics and self._loops_run > 0
+      try:
+        complete = t.loops.train(iterator, num_steps, diagnostics=diagnosed)
+      except tf.errors.DataLossError as error:  # A corrupt record: keep the steps done.
+        t.checkpoints.save_if_new(t.step)
+        raise ValueError(f"{records.data_loss_message(error)} Training stopped at step "
+                         f"{t.step} (saved).") from error
+      self._loops_run += 1
+      report = reporting.to_numpy(t.read_report(full=t.config.train_metrics == "full"))
+    finally:
+      self._profiler.maybe_stop(t.step)
+    seconds = time.perf_counter() - start
+    done = t.step - start_step
+    if report["halting"]["reason"] != halting_lib.NONE or not complete:
+      t.checkpoints.save_if_new(t.step)  # The steps before; a bad one was not applied.
+    self.last_train_scalars = reporting.train_scalars(
+        report, done, seconds, diagnosed=diagnosed and complete and done == num_steps)
+    t.summaries.write_scalars("train", {key: value for key, value in
+                                        self.last_train_scalars.items()
+                                        if key != "examples"}, t.step)
+    results = report["results"]
+    self._speed.add(done, seconds, compiled=sum(t.trace_counts.values()) > traces)
+    progress.show(progress.train_line(t.step, steps, results, t.model.head_names,
+                                      done / seconds, self._speed.eta(steps - t.step)))
+    reporting.warn_about_probabilities(t.heads, report["halting"]["probabilities"])
+    reporting.raise_if_halted(t, report, labels_spec)
+    if not complete:
+      raise ValueError(
+          f"The training dataset ended at global step {t.step}, before "
+          f"reaching steps={steps}: repeat it (dataset.repeat()). The steps "
+          "trained so far were saved.")
+    if t.step % t.config.checkpoint_every == 0 or t.step == steps:
+      t.checkpoints.save_if_new(t.step)
+    if (eval_dataset is not None and t.config.eval_every
+        and t.step % t.config.eval_every == 0 and t.step < steps):
+      t.evaluate_and_keep_best(eval_dataset)
+    return results
