@@ -141,6 +141,11 @@ class Trainer:
     return self.checkpoints.latest
 
   @property
+  def restored_checkpoint(self):
+    """The checkpoint `build` restored (the newest readable one), or None."""
+    return self.checkpoints.restored
+
+  @property
   def metric_names(self) -> list:
     """The keys of `evaluate`'s results: "loss", "<head>/loss", "<head>/<metric>", ..."""
     return sorted(self.measurements.results(self.global_step, full=True))

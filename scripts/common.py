@@ -41,6 +41,15 @@ def make_trainer():
 def restore_latest(trainer, experiment):
   """Restores the newest checkpoint of --model_dir (reading no data)."""
   trainer.build(engine.experiment.features_spec(experiment, trainer.config.batch_size))
+  check_restored(trainer)
+
+
+def check_restored(trainer):
+  """Raises unless `build` restored a checkpoint (none, or none readable: said which)."""
+  if trainer.restored_checkpoint is not None:
+    return
   if trainer.latest_checkpoint is None:
     raise ValueError(f"No checkpoint in --model_dir={FLAGS.model_dir}: train first "
                      "(scripts/train.py with this --model_dir).")
+  raise ValueError(f"No readable checkpoint in --model_dir={FLAGS.model_dir}: every one is "
+                   "damaged (see the warnings); train again to write a good one.")

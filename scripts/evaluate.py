@@ -66,10 +66,9 @@ def main(argv):
                                                        "metrics.json")
   if not _FOLLOW.value:
     trainer, dataset = _model_and_data()
-    if trainer.latest_checkpoint is None:
-      raise ValueError(f"No checkpoint in --model_dir={common.FLAGS.model_dir}: train first "
-                       "(scripts/train.py with this --model_dir).")
-    _evaluate(trainer, _CHECKPOINT.value or trainer.latest_checkpoint, dataset, output_json)
+    if _CHECKPOINT.value is None:
+      common.check_restored(trainer)  # The newest readable checkpoint (damaged ones skipped).
+    _evaluate(trainer, _CHECKPOINT.value or trainer.restored_checkpoint, dataset, output_json)
     return
   trainer = dataset = None
   for checkpoint in tf.train.checkpoints_iterator(common.FLAGS.model_dir,

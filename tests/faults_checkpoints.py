@@ -233,16 +233,26 @@ def second_train_py_on_one_model_dir(ctx):
           f"{second.stderr.strip().splitlines()[-1]} first pid={pid}")
 
 
-@row(r"rerun rc=0 restored=ckpt-3800 latest=ckpt-4000 evaluate rc=0 step=4000")
+@row(r"before: evaluate rc=0 step=3800 damaged_moved=False ckpt-4000 skipped=True \| "
+     r"rerun rc=0 restored=ckpt-3800 latest=ckpt-4000 \| after: evaluate rc=0 step=4000")
 def truncated_newest_checkpoint_then_the_scripts(ctx):
+  """evaluate.py falls back (moving nothing: a reader); train.py replaces the damaged one."""
   model_dir = str(ctx.tmp_path / "run")
   shutil.copytree(ctx.fixture("two_writers")[0], model_dir)
   _truncate(_data_file(os.path.join(model_dir, "ckpt-4000")), lambda size: size // 10)
+
+  def evaluate():
+    done = _script(sys.executable, os.path.join(_ROOT, "scripts", "evaluate.py"),
+                   f"--model_dir={model_dir}")
+    step = json.load(open(os.path.join(model_dir, "eval", "metrics.json")))["step"]
+    return done, f"evaluate rc={done.returncode} step={step}"
+  early, early_text = evaluate()
+  moved = os.path.exists(os.path.join(model_dir, "damaged"))
+  skipped = bool(re.search(r"ckpt-4000 is damaged and was skipped", early.stderr))
   rerun = _script(*_TRAIN, f"--model_dir={model_dir}")
   restored = re.findall(r"Restored .*(ckpt-\d+) at step", rerun.stderr)
-  evaluated = _script(sys.executable, os.path.join(_ROOT, "scripts", "evaluate.py"),
-                      f"--model_dir={model_dir}")
-  step = json.load(open(os.path.join(model_dir, "eval", "metrics.json")))["step"]
-  return (f"rerun rc={rerun.returncode} restored={restored[0] if restored else None} "
-          f"latest={os.path.basename(tf.train.latest_checkpoint(model_dir))} "
-          f"evaluate rc={evaluated.returncode} step={step}")
+  _, late_text = evaluate()
+  return (f"before: {early_text} damaged_moved={moved} ckpt-4000 skipped={skipped} | "
+          f"rerun rc={rerun.returncode} restored={restored[0] if restored else None} "
+          f"latest={os.path.basename(tf.train.latest_checkpoint(model_dir))} | after: "
+          f"{late_text}")
