@@ -126,14 +126,28 @@ class WriterLock:
     self.release()
 
 
+def _staging_of_a_live_process(path: str) -> bool:
+  """Whether `path` is an atomic write's staging (`.name.tmp-PID`) whose process runs."""
+  pid = path.rsplit("-", 1)[-1]
+  if "_temp" in os.path.basename(path) or not pid.isdigit():
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError):
+    return True
+  return True
+
+
 def remove_leftovers(model_dir: str):
   """Removes what interrupted saves and atomic writes left in model_dir (and export/)."""
   patterns = ["ckpt-*_temp*", ".*.tmp-*", ".*.old-*", "export/.*.tmp-*", "export/.*.old-*",
               "export/best/.*.tmp-*", "export/best/.*.old-*"]
   for pattern in patterns:
     for leftover in tf.io.gfile.glob(os.path.join(model_dir, pattern)):
-      if leftover.endswith(f"-{os.getpid()}"):
-        continue  # This process's own staging.
+      if _staging_of_a_live_process(leftover):
+        continue  # This process's, or a reader's at work (export.py takes no lock).
       logging.info("Removing %s, left by an interrupted write.", leftover)
       if tf.io.gfile.isdir(leftover):
         tf.io.gfile.rmtree(leftover)

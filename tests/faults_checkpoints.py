@@ -124,17 +124,21 @@ def disk_full(ctx):
   trainer.train(_batches(), steps=5)
 
 
-@row(r"left=\[\] kept=\['ckpt-10.index', 'ckpt-5.index'\]")
+_LEFTOVERS = ("ckpt-15_temp", "export/.15.tmp-999999", "export/best/.15.old-999999",
+              ".metrics.json.tmp-999999")
+
+
+@row(r"left=\[\] kept=\['ckpt-10.index', 'ckpt-5.index'\] reader's staging kept=True")
 def leftovers_of_killed_saves_and_exports(ctx):
   model_dir = ctx.run_copy()
-  for leftover in ("ckpt-15_temp", "export/.15.tmp-999999", "export/best/.15.old-999999",
-                   ".metrics.json.tmp-999999"):
+  working = f"export/.20.tmp-{os.getppid()}"  # export.py at work (a live process): kept.
+  for leftover in (*_LEFTOVERS, working):
     os.makedirs(os.path.join(model_dir, leftover))
   ctx.resumed(model_dir).train(engine.data.synthetic("train", 16, num_examples=256), steps=10)
-  left = [p for p in ("ckpt-15_temp", "export/.15.tmp-999999", "export/best/.15.old-999999",
-                      ".metrics.json.tmp-999999") if os.path.exists(os.path.join(model_dir, p))]
+  left = [p for p in _LEFTOVERS if os.path.exists(os.path.join(model_dir, p))]
   kept = sorted(n for n in os.listdir(model_dir) if n.endswith(".index"))
-  return f"left={left} kept={kept}"
+  return (f"left={left} kept={kept} reader's staging "
+          f"kept={os.path.exists(os.path.join(model_dir, working))}")
 
 
 def _lock(model_dir, pid):
