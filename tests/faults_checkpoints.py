@@ -78,6 +78,19 @@ def another_optimizer(ctx):
   ctx.resumed(ctx.run_copy(), optimizer=keras.optimizers.SGD(0.1)).build(SPEC)
 
 
+@row(r"Cannot warm-start \['trunk'\] from init_checkpoint=.*: model/trunk/dense/kernel "
+     r"\(the trunk\): \[32, 16\] in the checkpoint, \[32, 8\] in this model")
+def init_checkpoint_that_does_not_fit(ctx):
+  ctx.make_trainer(init_checkpoint=ctx.run_copy(), trunk=small_trunk(8)).build(SPEC)
+
+
+@row(r"rc=1 .*No checkpoint in --model_dir=.*: train first")
+def export_without_a_checkpoint(ctx):
+  done = _script(sys.executable, os.path.join(_ROOT, "scripts", "export.py"),
+                 f"--model_dir={ctx.tmp_path / 'empty'}")
+  return f"rc={done.returncode} {done.stderr.strip().splitlines()[-1]}"
+
+
 @row(r"restored=ckpt-5 aside=\['ckpt-10.data-00000-of-00001', 'ckpt-10.index'\] "
      r"listed=\['ckpt-5'\] resaved=ckpt-10 readable=True \| Checkpoint .*ckpt-10 is damaged "
      r"and was skipped .*\| Moved the damaged checkpoint")

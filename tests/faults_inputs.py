@@ -232,6 +232,19 @@ def skipped_steps_in_the_reported_loss(ctx):
   return f"loss finite={bool(np.isfinite(results['loss']))} skipped={int(trainer.skipped_steps)}"
 
 
+@row(r"lr_schedule=piecewise needs lr_boundaries and one more lr_values")
+def piecewise_schedule_without_boundaries(ctx):
+  engine.Config(model_dir="x", lr_schedule="piecewise")
+
+
+@row(r"step=5 loss finite=True")
+def partial_final_batch_is_not_an_error(ctx):
+  x, y = engine.data.synthetic_arrays("train", 72)  # Batches of 16: the fifth holds 8.
+  trainer = ctx.make_trainer()
+  results = trainer.train(dataset_of(x, y, repeat=False), steps=5)
+  return f"step={trainer.step} loss finite={bool(np.isfinite(results['loss']))}"
+
+
 @row(r"The training dataset ended at global step 4, before reaching steps=20.*repeat")
 def dataset_runs_out(ctx):
   ctx.make_trainer().train(_batches(repeat=False), steps=20)
