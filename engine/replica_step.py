@@ -82,8 +82,8 @@ class ReplicaStep:
                               out["non_trainable"], replicas, outcome.applied)
     healthy = outcome.losses_finite if t.update.loss_scaled else outcome.finite
     fatal = allowed & tf.logical_not(healthy) & tf.constant(t.config.nonfinite == "raise")
-    limit = t.config.max_consecutive_skips
-    streak_ended = tf.constant(limit > 0) & (t.update.consecutive_skips >= max(limit, 1))
+    limit = t.config.max_consecutive_skips  # 0: no limit.
+    streak_ended = (t.update.consecutive_skips >= limit) if limit else tf.constant(False)
     stop = running & (tf.logical_not(batch_ok) | guard_stop | fatal | streak_ended)
     reason = tf.where(tf.logical_not(batch_ok), halting_lib.BAD_BATCH,
                       tf.where(guard_stop, halting_lib.PROBABILITIES,

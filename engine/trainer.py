@@ -264,6 +264,9 @@ class Trainer:
 
     Pass the training dataset to keep the input position the restored
     checkpoint held (else a resumed run restarts its pipeline)."""
+    if self._features_spec is None:
+      raise ValueError("save_checkpoint needs the model's variables: call train, evaluate, "
+                       "predict or build(features_spec) first.")
     with self._writing():
       if train_dataset is not None:
         self.checkpoints.train_iterator(train_dataset, self.strategy,

@@ -78,6 +78,11 @@ def another_optimizer(ctx):
   ctx.resumed(ctx.run_copy(), optimizer=keras.optimizers.SGD(0.1)).build(SPEC)
 
 
+@row(r"save_checkpoint needs the model's variables: call train, evaluate, predict or build")
+def save_checkpoint_before_build(ctx):
+  ctx.make_trainer().save_checkpoint()
+
+
 @row(r"Cannot warm-start \['trunk'\] from init_checkpoint=.*: model/trunk/dense/kernel "
      r"\(the trunk\): \[32, 16\] in the checkpoint, \[32, 8\] in this model")
 def init_checkpoint_that_does_not_fit(ctx):
