@@ -20,7 +20,8 @@ TRAIN_METRICS = ("basic", "full")
 BEST_METRIC_GOALS = ("auto", "max", "min")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion", "adafactor")
 LR_SCHEDULES = ("constant", "cosine", "linear", "exponential", "piecewise")
-_LOWER_IS_BETTER = ("loss", "nll", "ece", "mae", "mse", "rmse", "perplexity")
+_LOWER_IS_BETTER = ("loss", "nll", "ece", "adaptive_ece", "classwise_ece", "mce", "brier",
+                    "mae", "mse", "rmse", "perplexity")
 
 
 def _setting(default, help_text, choices=None, model=False):
@@ -131,7 +132,7 @@ class Config:
       "model to model_dir/export/best/<step> if this is its best value so far.")
   best_metric_goal: str = _setting(
       "auto", "max or min: whether a higher best_metric is better; auto: min for losses, nll, "
-      "ece, mae, rmse and perplexity.", choices=BEST_METRIC_GOALS)
+      "the calibration errors, brier, mae, rmse and perplexity.", choices=BEST_METRIC_GOALS)
   # Devices and numerics.
   precision: str = _setting(
       "float32", "float32, mixed_float16 (GPU; dynamic loss scaling) or mixed_bfloat16 (TPU, "

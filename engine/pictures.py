@@ -2,11 +2,13 @@
 
 For every single-label classification head with at most `MAX_CLASSES`
 classes: one precision-recall curve per class (TensorBoard's pr_curve
-plugin), a confusion-matrix image, a reliability-diagram image, and
-histograms of the logits and of the top probability. Their state is kept as
-sums in Keras metrics, updated inside the compiled eval step, so the
-pictures cover every evaluated example on every replica exactly. The images
-are drawn with NumPy (no plotting library is a dependency).
+plugin), a confusion-matrix figure, and histograms of the logits and of the
+top probability. For every head with calibration sums (softmax-family and
+sigmoid heads): a reliability diagram. Their state is kept as sums in Keras
+metrics, updated inside the compiled eval step, so the pictures cover every
+evaluated example on every replica exactly; the figures are drawn from the
+sums on the host (`engine.figures`). Each summary has a description that
+says what it shows.
 """
 
 import keras
@@ -15,7 +17,9 @@ import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
+from engine import figures
 import heads as heads_lib
+from heads import calibration_metrics
 from heads import metrics as metrics_lib
 
 MAX_CLASSES = 100  # Beyond this, per-class curves and a C x C image say little.
@@ -27,6 +31,25 @@ def has_pictures(head) -> bool:
   """Single-label classification heads with class-id labels and few classes."""
   return (isinstance(head, heads_lib.DistributionHead) and head.label_specs[0].shape == ()
           and getattr(head, "num_classes", MAX_CLASSES + 1) <= MAX_CLASSES)
+
+
+def has_reliability_diagram(head) -> bool:
+  return isinstance(getattr(head, "calibration", None), calibration_metrics.BinnedSums)
+
+
+_PR_DESCRIPTION = ("Precision against recall of class {label} ({name}) as the threshold on its "
+                   "probability goes from 1 to 0, over every evaluated example.")
+_CONFUSION_DESCRIPTION = ("Rows: the true class; columns: the predicted (top) class. Colour: "
+                          "the fraction of the row's examples; numbers: weighted counts.")
+_RELIABILITY_DESCRIPTION = (
+    "Examples binned by {what} (15 equal-width bins). Blue: {observed} in each bin; red "
+    "(hatched): the gap to the bin's mean {mean}; dashed: perfect calibration. Below: the "
+    "examples per bin. ECE is the count-weighted mean gap.")
+_HISTOGRAM_DESCRIPTION = {
+    "logits": "Every logit of the head over the evaluation (values beyond +-20 in the edge "
+              "buckets).",
+    "top_probability": "The top class's probability (the confidence) of every evaluated "
+                       "example."}
 
 
 class _HeadPictures:
@@ -72,23 +95,39 @@ class _HeadPictures:
       summary = pr_curve_summary.raw_data_pb(
           f"{name}/class_{label}", tp, fp, tn, fn,
           precision=tp / np.maximum(tp + fp, 1e-7), recall=tp / np.maximum(tp + fn, 1e-7),
-          num_thresholds=PR_THRESHOLDS)
+          num_thresholds=PR_THRESHOLDS,
+          description=_PR_DESCRIPTION.format(label=label, name=self.head.class_names[label]))
       tf.summary.experimental.write_raw_pb(summary.SerializeToString())
-    tf.summary.image(f"{name}/confusion_matrix",
-                     confusion_image(np.asarray(self.confusion.counts)))
-    ece = getattr(self.head, "ece", None)
-    if isinstance(ece, metrics_lib.ExpectedCalibrationError):
-      tf.summary.image(f"{name}/reliability_diagram", reliability_image(
-          np.asarray(ece.counts), np.asarray(ece.confidences), np.asarray(ece.corrects)))
+    figure = figures.confusion_figure(np.asarray(self.confusion.counts), self.head.class_names,
+                                      name)
+    tf.summary.image(f"{name}/confusion_matrix", figures.to_image(figure),
+                     description=_CONFUSION_DESCRIPTION)
     _write_histogram(f"{name}/logits", self.logits)
     _write_histogram(f"{name}/top_probability", self.top_probability)
 
 
+def write_reliability_diagram(head, sums):
+  """The head's reliability diagram to the default writer; `sums`: [3, bins] counts,
+  confidence sums and correct sums, as `EvalPictures.reliability_sums` read them."""
+  counts, confidences, corrects = np.asarray(sums, np.float64)
+  binary = isinstance(head.calibration, calibration_metrics.BinaryCalibration)
+  ece = np.abs(corrects - confidences).sum() / max(counts.sum(), 1e-12)
+  figure = figures.reliability_figure(counts, confidences, corrects, head.name, ece,
+                                      binary=binary)
+  description = _RELIABILITY_DESCRIPTION.format(
+      what="each label's predicted probability" if binary else "top-label confidence",
+      observed="the frequency of positives" if binary else "the accuracy",
+      mean="probability" if binary else "confidence")
+  tf.summary.image(f"{head.name}/reliability_diagram", figures.to_image(figure),
+                   description=description)
+
+
 class EvalPictures:
-  """Pictures for every head that has them (see `has_pictures`)."""
+  """Pictures for every head that has them (see `has_pictures`, `has_reliability_diagram`)."""
 
   def __init__(self, heads):
     self._heads = {head.name: _HeadPictures(head) for head in heads if has_pictures(head)}
+    self._reliability = [head for head in heads if has_reliability_diagram(head)]
 
   @property
   def metrics(self):
@@ -98,46 +137,24 @@ class EvalPictures:
     for name, pictures in self._heads.items():
       pictures.update(labels[name], logits[name], weights.get(name))
 
-  def write(self):
+  def reliability_sums(self) -> dict:
+    """{head: [3, bins] tensor}: the calibration bins behind each reliability diagram."""
+    return {head.name: tf.stack([tf.convert_to_tensor(v) for v in (
+        head.calibration.counts, head.calibration.confidences, head.calibration.corrects)])
+            for head in self._reliability}
+
+  def write(self, reliability: dict):
+    """Writes every picture; `reliability`: what `reliability_sums` read, as NumPy."""
     for pictures in self._heads.values():
       pictures.write()
+    for head in self._reliability:
+      write_reliability_diagram(head, reliability[head.name])
 
 
 def _write_histogram(tag, buckets):
   """Writes bucket counts in the histogram plugin's format: rows (left, right, count)."""
   edges = np.linspace(buckets.low, buckets.high, buckets.num_buckets + 1)
   data = np.stack([edges[:-1], edges[1:], np.asarray(buckets.counts)], axis=1)
+  description = _HISTOGRAM_DESCRIPTION[tag.rsplit("/", 1)[1]]
   tf.summary.write(tag, tf.constant(data, tf.float64),
-                   metadata=histogram_metadata.create_summary_metadata(tag, ""))
-
-
-def confusion_image(counts, size=240):
-  """[1, H, W, 3] uint8: rows (true class) normalised, from white (0) to dark blue (1)."""
-  rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
-  cell = max(1, size // len(counts))
-  intensity = np.kron(rows, np.ones((cell, cell)))[..., np.newaxis]
-  blue = np.array([8, 48, 107], np.float64)
-  return np.round(255 - intensity * (255 - blue)).astype(np.uint8)[np.newaxis]
-
-
-def reliability_image(counts, confidences, corrects, size=240):
-  """[1, H, W, 3] uint8 reliability diagram over the ECE's confidence bins.
-
-  Blue bars: accuracy per bin; red: the gap up or down to the bin's mean
-  confidence; grey: the diagonal of perfect calibration. Empty bins stay white.
-  """
-  image = np.full((size, size, 3), 255, np.uint8)
-  diagonal = np.arange(size)
-  image[size - 1 - diagonal, diagonal] = (160, 160, 160)
-  width = size // len(counts)
-  for b, count in enumerate(counts):
-    if count <= 0:
-      continue
-    accuracy, confidence = corrects[b] / count, confidences[b] / count
-    columns = slice(b * width + 1, (b + 1) * width - 1)
-    top = size - int(round(accuracy * (size - 1))) - 1
-    image[top:, columns] = (33, 102, 172)
-    low, high = sorted((accuracy, confidence))
-    image[size - 1 - int(round(high * (size - 1))):size - int(round(low * (size - 1))),
-          columns] = (214, 96, 77)
-  return image[np.newaxis]
+                   metadata=histogram_metadata.create_summary_metadata(tag, description))

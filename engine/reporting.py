@@ -32,6 +32,8 @@ def report(trainer, full: bool) -> dict:
             "halting": {name: tf.identity(variable) for name, variable in
                         zip(("step", "reason", "checks", "heads", "probabilities"),
                             t.halting.variables)}}
+  if full:  # The reliability diagrams' bins: the heads' metrics are reset below.
+    values["reliability"] = t.pictures.reliability_sums()
   with tf.control_dependencies(tf.nest.flatten(values)):
     trainer.measurements.reset()
     trainer.halting.reset()

@@ -220,7 +220,7 @@ class Trainer:
     results = report["results"]
     self.summaries.write_scalars("eval", results, self.step)
     with self.summaries.as_default("eval", self.step):
-      self.pictures.write()
+      self.pictures.write(report["reliability"])
     progress.show(progress.eval_line(self.step, results))
     return results
 

@@ -187,8 +187,11 @@ class Head(keras.layers.Layer):
     self._update_metrics(self._clean_labels(labels, weights), logits, weights)
 
   def metric_results(self) -> dict:
-    """{metric name: value} of the head's metrics, read when they are reported."""
-    return {metric.name: metric.result() for metric in self.metrics}
+    """{metric name: value} of the head's metrics, read when they are reported.
+
+    A metric whose result is a dict (the calibration metrics) gives its entries.
+    """
+    return metric_results(self.metrics)
 
   def example_weights(self, labels, sample_weight=None):
     """Float32 weight per example: the sample weight, 1 where none is given.
@@ -214,6 +217,15 @@ class Head(keras.layers.Layer):
     for _ in range(labels.shape.rank - present.shape.rank):
       present = present[..., tf.newaxis]
     return tf.where(present, labels, tf.zeros_like(labels))
+
+
+def metric_results(metrics) -> dict:
+  """{name: value} of Keras metrics, a dict result's entries under their own names."""
+  results = {}
+  for metric in metrics:
+    value = metric.result()
+    results.update(value if isinstance(value, dict) else {metric.name: value})
+  return results
 
 
 def _weighted_sum(values, weights):

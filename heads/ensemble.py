@@ -3,9 +3,10 @@
 import keras
 import tensorflow as tf
 
+from heads import base
+from heads import calibration_metrics
 from heads import guard
 from heads import losses
-from heads import metrics as metrics_lib
 from heads import softmax
 
 
@@ -23,7 +24,8 @@ class EnsembleHead(guard.DistributionHead):
   in label smoothing and temperature, not in class weights (their loss
   normalisers must agree).
 
-  Metrics: the ensemble's accuracy, nll and ece, plus every member's metrics
+  Metrics: the ensemble's accuracy, nll and calibration metrics (ece, mce,
+  adaptive_ece, classwise_ece, brier), plus every member's metrics
   as `<member>/<metric>`.
   """
 
@@ -49,7 +51,8 @@ class EnsembleHead(guard.DistributionHead):
       setattr(self, f"member_{member.name}", member)
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     self.nll = keras.metrics.Mean(name="nll")
-    self.ece = metrics_lib.ExpectedCalibrationError(num_bins=15, name="ece")
+    self.class_names = members[0].class_names
+    self.calibration = calibration_metrics.CalibrationErrors(self.num_classes)
 
   @property
   def members(self):
@@ -83,7 +86,7 @@ class EnsembleHead(guard.DistributionHead):
             "classes": tf.argmax(combined, axis=-1)}
 
   def metric_results(self) -> dict:
-    results = {metric.name: metric.result() for metric in (self.accuracy, self.nll, self.ece)}
+    results = base.metric_results([self.accuracy, self.nll, self.calibration])
     for member in self.members:
       results.update({f"{member.name}/{key}": value
                       for key, value in member.metric_results().items()})
@@ -94,8 +97,6 @@ class EnsembleHead(guard.DistributionHead):
     ids = tf.argmax(labels, axis=-1) if labels.dtype.is_floating else labels
     self.accuracy.update_state(ids, combined, sample_weight)
     self.nll.update_state(losses.softmax_cross_entropy(labels, combined), sample_weight)
-    confidence = tf.reduce_max(tf.nn.softmax(combined, axis=-1), axis=-1)
-    self.ece.update_state(tf.equal(tf.argmax(combined, -1), tf.cast(ids, tf.int64)),
-                          confidence, sample_weight)
+    self.calibration.update_state(ids, tf.nn.softmax(combined, axis=-1), sample_weight)
     for k, member in enumerate(self.members):
       member.update_metrics(labels, logits[:, k], sample_weight)

@@ -82,3 +82,15 @@ def check_num_classes(name: str, num_classes, what: str = "num_classes"):
         f"Head '{name}': {what} must be an integer >= 2; received {num_classes!r}. A softmax "
         "over one class always predicts it; for one yes/no output use "
         f"SigmoidHead('{name}', 1).")
+
+
+def check_class_names(name: str, class_names, num_classes: int) -> tuple:
+  """One distinct string per class (what figures label them with); the ids by default."""
+  if class_names is None:
+    return tuple(str(i) for i in range(num_classes))
+  names = tuple(class_names) if not isinstance(class_names, str) else (class_names,)
+  if (len(names) != num_classes or not all(isinstance(n, str) and n for n in names)
+      or len(set(names)) != num_classes):
+    raise ValueError(f"Head '{name}': class_names must be {num_classes} distinct non-empty "
+                     f"strings; received {class_names!r}.")
+  return names

@@ -8,6 +8,7 @@ import tensorflow as tf
 from heads import base
 from heads import guard
 from heads import losses
+from heads import calibration_metrics
 from heads import metrics as metrics_lib
 from heads import softmax
 
@@ -41,23 +42,27 @@ class SequenceSoftmaxHead(guard.DistributionHead):
   over replicas before dividing), with `label_smoothing` and `class_weights`
   as in `SoftmaxHead`.
 
-  Metrics: token accuracy ("accuracy") and perplexity (exp of the mean token
-  negative log-likelihood), both over valid tokens.
+  Metrics: token accuracy ("accuracy"), perplexity (exp of the mean token
+  negative log-likelihood) and the calibration metrics (ece, mce,
+  adaptive_ece, classwise_ece, brier), all over valid tokens.
   """
 
   def __init__(self, name: str, num_classes: int, ignore_label: int = -1,
                label_smoothing: float = 0.0,
-               class_weights: Optional[Sequence[float]] = None, **kwargs):
+               class_weights: Optional[Sequence[float]] = None,
+               class_names: Optional[Sequence[str]] = None, **kwargs):
     super().__init__(name, **kwargs)
     guard.check_num_classes(name, num_classes)
     check_ignore_label(name, ignore_label, num_classes)
     self.num_classes = num_classes
+    self.class_names = guard.check_class_names(name, class_names, num_classes)
     self.ignore_label = ignore_label
     self.label_smoothing = softmax.check_label_smoothing(name, label_smoothing)
     self.class_weights = softmax.check_class_weights(name, class_weights, num_classes)
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     self.perplexity = metrics_lib.Perplexity(name="perplexity")
+    self.calibration = calibration_metrics.CalibrationErrors(num_classes)
 
   @property
   def label_specs(self) -> tuple:
@@ -95,3 +100,4 @@ class SequenceSoftmaxHead(guard.DistributionHead):
     logits = tf.cast(logits, tf.float32)
     self.accuracy.update_state(labels, logits, sample_weight)
     self.perplexity.update_state(losses.softmax_cross_entropy(labels, logits), sample_weight)
+    self.calibration.update_state(labels, tf.nn.softmax(logits, axis=-1), sample_weight)

@@ -6,6 +6,8 @@ import keras
 import tensorflow as tf
 
 from heads import base
+from heads import calibration_metrics
+from heads import guard
 from heads import losses
 
 
@@ -18,14 +20,18 @@ class SigmoidHead(base.Head):
   `binary_cross_entropy_with_logits(pos_weight=...)`). A class is predicted
   when its probability is >= `threshold`.
 
+  `class_names` (default: the class ids) label the evaluation's figures.
+
   Metrics: micro and macro F1 and ROC AUC (Keras's streaming metrics, at the
-  threshold), and the exact-match ratio (all classes right).
+  threshold), the exact-match ratio (all classes right), and ece and brier
+  over every (example, label) probability (`calibration_metrics.BinaryCalibration`).
   """
 
   main_metric = "exact_match"
 
   def __init__(self, name: str, num_classes: int,
-               pos_weight: Optional[Sequence[float]] = None, threshold: float = 0.5, **kwargs):
+               pos_weight: Optional[Sequence[float]] = None, threshold: float = 0.5,
+               class_names: Optional[Sequence[str]] = None, **kwargs):
     super().__init__(name, **kwargs)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
       raise ValueError(
@@ -40,6 +46,7 @@ class SigmoidHead(base.Head):
                          f"received {list(pos_weight)!r}.")
       self.pos_weight = tf.constant(values, tf.float32)
     self.num_classes = num_classes
+    self.class_names = guard.check_class_names(name, class_names, num_classes)
     self.threshold = float(threshold)
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
     self.micro_f1 = keras.metrics.F1Score(average="micro", threshold=threshold, name="micro_f1")
@@ -50,6 +57,7 @@ class SigmoidHead(base.Head):
       f1.update_state(tf.zeros([0, num_classes]), tf.zeros([0, num_classes]))
     self.roc_auc = keras.metrics.AUC(curve="ROC", from_logits=True, name="roc_auc")
     self.exact_match = keras.metrics.Mean(name="exact_match")
+    self.calibration = calibration_metrics.BinaryCalibration()
 
   @property
   def label_specs(self) -> tuple:
@@ -87,3 +95,4 @@ class SigmoidHead(base.Head):
     token_weights = tf.broadcast_to(sample_weight[:, tf.newaxis], tf.shape(labels))
     self.roc_auc.update_state(labels, logits, token_weights)
     self.exact_match.update_state(self._exact_matches(labels, logits), sample_weight)
+    self.calibration.update_state(labels, probabilities, sample_weight)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from heads import base
 from heads import guard
 from heads import losses
-from heads import metrics as metrics_lib
+from heads import calibration_metrics
 
 
 def check_class_weights(name, class_weights, num_classes):
@@ -66,13 +66,17 @@ class SoftmaxHead(guard.DistributionHead):
   metrics (NLL, ECE, mean confidence); it is a variable, saved with the
   model, so calibration can set it later. The loss uses raw logits.
 
-  Metrics: accuracy, top-k accuracy (when top_k < num_classes), nll, ece
-  (15 equal-width bins) and mean_confidence.
+  `class_names` (default: the class ids) label the evaluation's figures.
+
+  Metrics: accuracy, top-k accuracy (when top_k < num_classes), nll,
+  mean_confidence, and the calibration metrics of
+  `heads.calibration_metrics.CalibrationErrors` (ece, mce, adaptive_ece,
+  classwise_ece, brier), all of the temperature-scaled probabilities.
   """
 
   def __init__(self, name: str, num_classes: int, label_smoothing: float = 0.0,
                class_weights: Optional[Sequence[float]] = None, temperature: float = 1.0,
-               top_k: int = 5, **kwargs):
+               top_k: int = 5, class_names: Optional[Sequence[str]] = None, **kwargs):
     super().__init__(name, **kwargs)
     guard.check_num_classes(name, num_classes)
     if not temperature > 0:
@@ -80,6 +84,7 @@ class SoftmaxHead(guard.DistributionHead):
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
       raise ValueError(f"Head '{name}': top_k must be an integer >= 1; received {top_k!r}.")
     self.num_classes = num_classes
+    self.class_names = guard.check_class_names(name, class_names, num_classes)
     self.label_smoothing = check_label_smoothing(name, label_smoothing)
     self.class_weights = check_class_weights(name, class_weights, num_classes)
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
@@ -90,8 +95,8 @@ class SoftmaxHead(guard.DistributionHead):
     self.top_k = (keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"top{top_k}_accuracy")
                   if top_k < num_classes else None)
     self.nll = keras.metrics.Mean(name="nll")
-    self.ece = metrics_lib.ExpectedCalibrationError(num_bins=15, name="ece")
     self.mean_confidence = keras.metrics.Mean(name="mean_confidence")
+    self.calibration = calibration_metrics.CalibrationErrors(num_classes)
 
   @property
   def label_specs(self) -> tuple:
@@ -127,7 +132,5 @@ class SoftmaxHead(guard.DistributionHead):
     scaled = logits / self.temperature
     self.nll.update_state(losses.softmax_cross_entropy(labels, scaled), sample_weight)
     probabilities = tf.nn.softmax(scaled, axis=-1)
-    confidence = tf.reduce_max(probabilities, axis=-1)
-    correct = tf.equal(tf.argmax(scaled, axis=-1), tf.cast(ids, tf.int64))
-    self.ece.update_state(correct, confidence, sample_weight)
-    self.mean_confidence.update_state(confidence, sample_weight)
+    self.mean_confidence.update_state(tf.reduce_max(probabilities, axis=-1), sample_weight)
+    self.calibration.update_state(ids, probabilities, sample_weight)

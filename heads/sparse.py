@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from heads import base
 from heads import guard
-from heads import metrics as metrics_lib
+from heads import calibration_metrics
 from heads import normalisers
 from heads import softmax
 
@@ -14,18 +14,20 @@ class _FenchelYoungHead(guard.DistributionHead):
   """Class ids `[batch]`; a sparse normaliser; its Fenchel-Young loss.
 
   Metrics: accuracy, support_size (mean number of classes with non-zero
-  probability) and ece. No NLL: an exact zero makes `log p` infinite.
+  probability) and the calibration metrics (ece, mce, adaptive_ece,
+  classwise_ece, brier). No NLL: an exact zero makes `log p` infinite.
   """
 
-  def __init__(self, name: str, num_classes: int, alpha: float, **kwargs):
+  def __init__(self, name: str, num_classes: int, alpha: float, class_names=None, **kwargs):
     super().__init__(name, **kwargs)
     guard.check_num_classes(name, num_classes)
     self.num_classes = num_classes
+    self.class_names = guard.check_class_names(name, class_names, num_classes)
     self.alpha = alpha
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     self.support_size = keras.metrics.Mean(name="support_size")
-    self.ece = metrics_lib.ExpectedCalibrationError(num_bins=15, name="ece")
+    self.calibration = calibration_metrics.CalibrationErrors(num_classes)
 
   @property
   def label_specs(self) -> tuple:
@@ -53,8 +55,7 @@ class _FenchelYoungHead(guard.DistributionHead):
     self.accuracy.update_state(labels, probabilities, sample_weight)
     support = tf.reduce_sum(tf.cast(probabilities > 0, tf.float32), axis=-1)
     self.support_size.update_state(support, sample_weight)
-    correct = tf.equal(tf.argmax(probabilities, axis=-1), tf.cast(labels, tf.int64))
-    self.ece.update_state(correct, tf.reduce_max(probabilities, axis=-1), sample_weight)
+    self.calibration.update_state(labels, probabilities, sample_weight)
 
 
 class SparsemaxHead(_FenchelYoungHead):

@@ -100,7 +100,9 @@ def test_softmax_accuracy_metric_is_weighted_and_skips_absent_labels():
   # Correct: examples 0 (w 1) and 2 (w 1) of total weight 4; example 3 absent.
   np.testing.assert_allclose(head.accuracy.result(), 2.0 / 4.0)
   assert [metric.name for metric in head.metrics] == [
-      "accuracy", "nll", "ece", "mean_confidence"]  # top-5 needs more than 3 classes.
+      "accuracy", "nll", "mean_confidence", "calibration"]  # top-5 needs more than 3 classes.
+  assert set(head.metric_results()) == {"accuracy", "nll", "mean_confidence", "ece", "mce",
+                                        "adaptive_ece", "classwise_ece", "brier"}
 
 
 @pytest.mark.parametrize("loss,reference", [

@@ -8,8 +8,15 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import engine
+import heads
+from engine import figures
 from engine import pictures
 from heads import metrics as metrics_lib
+from tests import events
+
+
+class _Plugins(dict):
+  """{tag: plugin name}, with `descriptions` {tag: summary description}."""
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +28,23 @@ def eval_events(trained_demo):
   accumulator.Reload()
   latest = {tag: tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto)
             for tag in accumulator.Tags()["tensors"]}
-  plugins = {tag: accumulator.SummaryMetadata(tag).plugin_data.plugin_name for tag in latest}
+  plugins = _Plugins({tag: accumulator.SummaryMetadata(tag).plugin_data.plugin_name
+                      for tag in latest})
+  plugins.descriptions = {tag: accumulator.SummaryMetadata(tag).summary_description
+                          for tag in latest}
   features, labels = engine.data.synthetic_arrays("eval", 512)
   return latest, plugins, trainer.predict(features), labels
 
 
 def test_each_classification_head_gets_every_picture_kind(eval_events):
   _, plugins, _, _ = eval_events
+  descriptions = plugins.descriptions
   for head, classes in (("digit", 10), ("parity", 2)):
     for label in range(classes):
       assert plugins[f"{head}/class_{label}/pr_curves"] == "pr_curves"
     assert plugins[f"{head}/confusion_matrix"] == "images"
+    assert descriptions[f"{head}/confusion_matrix"].startswith("Rows: the true class")
+    assert "ECE is" in descriptions[f"{head}/reliability_diagram"]
     assert plugins[f"{head}/reliability_diagram"] == "images"
     assert plugins[f"{head}/logits"] == "histograms"
     assert plugins[f"{head}/top_probability"] == "histograms"
@@ -52,15 +65,89 @@ def test_pr_curve_counts_match_numpy_at_threshold_one_half(eval_events):
     assert data[0, 0] == np.sum(truth)  # Threshold 0: everything is predicted positive.
 
 
-def test_confusion_image_shows_the_row_normalised_confusion_matrix(eval_events):
+def _texts(axes):
+  return [text.get_text() for text in axes.texts]
+
+
+def test_the_confusion_figure_is_a_labelled_png_of_the_row_normalised_counts(eval_events):
   latest, _, predicted, labels = eval_events
+  width, height = (int(v) for v in latest["digit/confusion_matrix"][:2])
+  assert width >= 480 and height >= 480
   image = tf.io.decode_png(latest["digit/confusion_matrix"][2]).numpy()
+  assert image.shape == (height, width, 3) and image.std() > 10  # Drawn, not blank.
   counts = tf.math.confusion_matrix(labels["digit"], predicted["digit"]["classes"],
                                     num_classes=10).numpy()
-  expected = pictures.confusion_image(counts)[0]
-  np.testing.assert_allclose(image.astype(int), expected.astype(int), atol=1)  # Rounding.
-  diagonal_cell = image[5, 5]  # Class 0 predicted as 0: mostly right, so dark.
-  assert diagonal_cell[0] < 128
+  figure = figures.confusion_figure(counts, [f"d{i}" for i in range(10)], "digit")
+  axes, colour_bar = figure.axes
+  assert axes.get_xlabel() == "predicted class" and axes.get_ylabel() == "true class"
+  assert [t.get_text() for t in axes.get_xticklabels()] == [f"d{i}" for i in range(10)]
+  assert [t.get_text() for t in axes.get_yticklabels()] == [f"d{i}" for i in range(10)]
+  assert colour_bar.get_ylabel() == "fraction of the true class"
+  assert _texts(axes) == [str(c) for c in counts.ravel()]  # Row by row.
+  np.testing.assert_allclose(axes.images[0].get_array(), counts / counts.sum(1, keepdims=True))
+  assert "512 examples" in axes.get_title()
+
+
+def test_with_many_classes_the_figure_lists_the_most_confused_pairs():
+  counts = np.diag(np.full(40, 50.0))
+  counts[3, 7], counts[12, 0], counts[39, 38] = 9.0, 30.0, 4.0
+  names = [f"c{i}" for i in range(40)]
+  axes, = figures.confusion_figure(counts, names, "big").axes
+  assert [t.get_text() for t in axes.get_yticklabels()] == [
+      "c12 \u2192 c0", "c3 \u2192 c7", "c39 \u2192 c38"]
+  assert [patch.get_width() for patch in axes.patches] == [30.0, 9.0, 4.0]
+  assert "3 most confused pairs of 40 classes" in axes.get_title()
+
+
+def test_the_reliability_figure_draws_accuracy_the_gap_the_counts_and_the_ece():
+  counts = np.zeros(15)
+  confidences, corrects = np.zeros(15), np.zeros(15)
+  counts[6], confidences[6], corrects[6] = 10, 4.3, 4.3  # Mean confidence 0.43: calibrated.
+  counts[13], confidences[13], corrects[13] = 20, 18.0, 10.0  # 0.9 confident, 0.5 right.
+  figure = figures.reliability_figure(counts, confidences, corrects, "digit", ece=0.2667)
+  top, bottom = figure.axes
+  bars = top.containers
+  np.testing.assert_allclose([p.get_height() for p in bars[0]], [0.43, 0.5])  # Accuracy.
+  np.testing.assert_allclose([p.get_height() for p in bars[1]], [0.0, 0.4], atol=1e-12)  # Gap.
+  np.testing.assert_allclose([p.get_y() for p in bars[1]], [0.43, 0.5])
+  assert sorted(t.get_text() for t in top.get_legend().get_texts()) == [
+      "accuracy in the bin", "gap to the bin's mean confidence", "perfect calibration"]
+  assert "ECE 0.2667" in top.get_title()
+  assert top.get_ylabel() == "accuracy" and bottom.get_ylabel() == "examples"
+  assert bottom.get_xlabel() == "confidence (top probability)"
+  np.testing.assert_allclose([p.get_height() for p in bottom.patches], counts)
+  assert _texts(bottom) == ["10", "20"]
+  image = figures.to_image(figure)
+  assert image.shape == (1, 640, 640, 3)
+
+
+def test_a_sigmoid_head_gets_a_reliability_diagram_over_all_labels(make_trainer, monkeypatch):
+  drawn = []
+  draw = figures.reliability_figure
+  monkeypatch.setattr(figures, "reliability_figure",
+                      lambda *args, **kwargs: drawn.append((args, kwargs)) or draw(*args, **kwargs))
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(64, 8)).astype(np.float32)
+  labels = (features[:, :3] > 0).astype(np.float32)
+  head = heads.SigmoidHead("tags", 3, class_names=["a", "b", "c"])
+  trainer = make_trainer(head_list=[head])
+  data = tf.data.Dataset.from_tensor_slices((features, {"tags": labels})).batch(32)
+  trainer.train(data.repeat(), steps=5)
+  trainer.evaluate(data)
+  accumulator = event_accumulator.EventAccumulator(
+      os.path.join(trainer.config.model_dir, "eval"), size_guidance={"tensors": 0})
+  accumulator.Reload()
+  assert "tags/reliability_diagram" in accumulator.Tags()["tensors"]
+  metadata = accumulator.SummaryMetadata("tags/reliability_diagram")
+  assert "frequency of positives" in metadata.summary_description
+  image = tf.make_ndarray(accumulator.Tensors("tags/reliability_diagram")[-1].tensor_proto)
+  assert tf.io.decode_png(image[2]).shape == (640, 640, 3)
+  # Drawn from the evaluation's sums (64 examples x 3 labels), read before they were reset.
+  (counts, confidences, corrects, name, ece), options = drawn[-1]
+  assert counts.sum() == 64 * 3 and corrects.sum() == labels.sum() and name == "tags"
+  assert options == {"binary": True}
+  assert ece == pytest.approx(events.final_scalars(trainer.config.model_dir)["tags/ece"],
+                              rel=1e-5)
 
 
 def test_histograms_count_every_evaluated_example(eval_events):
@@ -71,19 +158,6 @@ def test_histograms_count_every_evaluated_example(eval_events):
                              range=(0, 1))
   np.testing.assert_allclose(top[:, 2], expected, atol=1)  # Ties at bucket edges.
   assert latest["digit/logits"][:, 2].sum() == 512 * 10
-
-
-def test_reliability_image_draws_accuracy_bars_and_the_gap():
-  counts = np.array([0, 10, 10.0])
-  confidences = np.array([0, 4, 9.0])  # Mean confidence 0.4 and 0.9.
-  corrects = np.array([0, 4, 5.0])  # Accuracy 0.4 (calibrated) and 0.5 (over-confident).
-  image = pictures.reliability_image(counts, confidences, corrects, size=90)[0]
-  blue, red, white = (33, 102, 172), (214, 96, 77), (255, 255, 255)
-  column = lambda b: image[:, b * 30 + 15]  # pylint: disable=unnecessary-lambda-assignment
-  assert all(tuple(pixel) == white for pixel in column(0)[:70])  # Empty bin (the diagonal is lower).
-  assert tuple(column(1)[89]) == blue and tuple(column(1)[30]) == white
-  assert tuple(column(2)[80]) == blue and tuple(column(2)[20]) == red  # Gap up to 0.9.
-  assert tuple(column(2)[3]) == white
 
 
 def test_confusion_matrix_metric_matches_tensorflow_with_weights():

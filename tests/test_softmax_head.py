@@ -125,7 +125,7 @@ def test_metrics_match_keras_and_a_direct_numpy_ece_across_batches():
   top2.update_state(labels, logits, weights)
   nll = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")(
       labels, scaled, sample_weight=weights) / weights.sum()
-  results = {metric.name: float(metric.result()) for metric in head.metrics}
+  results = {name: float(value) for name, value in head.metric_results().items()}
   np.testing.assert_allclose(results["top2_accuracy"], float(top2.result()), rtol=1e-6)
   np.testing.assert_allclose(results["nll"], nll, rtol=1e-5)
   np.testing.assert_allclose(results["ece"], _numpy_ece(probabilities, labels, weights), rtol=1e-5)

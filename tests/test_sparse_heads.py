@@ -128,7 +128,7 @@ def test_support_size_and_accuracy_metrics():
   support = numpy_sparsemax(logits.numpy())
   np.testing.assert_allclose(head.support_size.result(),
                              np.sum((support > 0).sum(1) * [1, 1, 2]) / 4, rtol=1e-6)
-  assert [m.name for m in head.metrics] == ["accuracy", "support_size", "ece"]
+  assert [m.name for m in head.metrics] == ["accuracy", "support_size", "calibration"]
 
 
 @pytest.mark.parametrize("make,message", [
