@@ -107,7 +107,7 @@ class Config:
       "norm on the trunk and the cosines between heads' gradients (TensorBoard).")
   profile_steps: Optional[tuple] = _setting(
       None, "START,END: trace steps START+1..END with TensorFlow's profiler into "
-      "model_dir/plugins/profile (TensorBoard's Profile tab).")
+      "model_dir/train/plugins/profile (TensorBoard's Profile tab).")
   # Checkpoints, evaluation, export.
   checkpoint_every: int = _setting(1000, "Save a checkpoint at every multiple of this step, "
                                    "and at the end of training.")

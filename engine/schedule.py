@@ -5,6 +5,8 @@ Loops end at the last step, every `steps_per_loop` steps, at multiples of
 on those steps), and where profiling starts and ends.
 """
 
+import os
+
 from absl import logging
 import tensorflow as tf
 
@@ -27,13 +29,15 @@ def next_multiple(step: int, every: int) -> int:
 class Profiler:
   """TensorFlow's profiler over steps start+1 .. end (`Config.profile_steps`).
 
-  Traces go to `model_dir/plugins/profile`, where TensorBoard's Profile tab
-  reads them (with the tensorboard-plugin-profile package installed).
+  Traces go to `model_dir/train/plugins/profile/<time>`, beside the training
+  summaries (as Keras's TensorBoard callback puts them), where TensorBoard's
+  Profile tab (the tensorboard-plugin-profile dependency) lists them as the
+  run `train/<time>`.
   """
 
   def __init__(self, profile_steps, model_dir: str):
     self._steps = profile_steps
-    self._model_dir = model_dir
+    self._model_dir = os.path.join(model_dir, "train")
     self._running = False
 
   def maybe_start(self, step: int):

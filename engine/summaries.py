@@ -1,9 +1,21 @@
-"""TensorBoard summaries under `model_dir/train` and `model_dir/eval`.
+"""TensorBoard summaries under `model_dir/train` and `model_dir/eval`, laid out for reading.
 
 Written from the host between compiled loops: `tf.summary` cannot run inside
 an XLA-compiled function. A loop's scalars are written by one call of a
 traced function: one eager `tf.summary.scalar` per value cost about 15 ms a
 loop for the benchmark's 25 scalars.
+
+Layout (`layout`): the run's overall measurements (total loss, learning
+rate, steps per second, gradient norm; the loss scale and skip count under
+mixed precision) go under `Overview/`: TensorBoard groups tags by their
+first "/" component, sorts groups by character code (upper case before
+lower case; a tag may not start with "_" or "!") and opens the first two, so
+it comes first and open, above the lower-case head names. No scalar duplicates another: a head's `weighted_loss` only when
+its weight is not a static 1, its `loss_weight` only when it changes, a
+softmax head's `nll` only when it differs from its loss (label smoothing,
+class weights or a temperature), no examples per second (steps per second
+times the batch size); non-finite counters only when non-zero, or under
+mixed_float16, where a skipped step is news.
 """
 
 import contextlib
@@ -12,12 +24,55 @@ import os
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from heads import softmax as softmax_lib
+from heads import weighting as weighting_lib
+
+OVERVIEW = "Overview"
+_OVERVIEW_KEYS = ("loss", "learning_rate", "steps_per_second", "gradient_norm", "loss_scale",
+                  "skipped_steps")
+_DROPPED = ("examples", "examples_per_second")
+
+
+def _nll_is_the_loss(head) -> bool:
+  return (type(head) is softmax_lib.SoftmaxHead and head.label_smoothing == 0  # pylint: disable=unidiomatic-typecheck
+          and head.class_weights is None and float(head.temperature) == 1.0)
+
+
+def _kept(key: str, value: float, heads: dict, precision: str) -> bool:
+  if key in _DROPPED:
+    return False
+  counter = key == "skipped_steps" or key.endswith("/nonfinite_steps")
+  if counter:
+    return bool(value) or precision == "mixed_float16"
+  head_name, _, metric = key.partition("/")
+  head = heads.get(head_name)
+  if head is None:
+    return True
+  static = isinstance(head.weighting, weighting_lib.Static)
+  if metric == "weighted_loss":
+    return not (static and head.weighting.value == 1.0)
+  if metric == "loss_weight":
+    return not static
+  if metric == "nll":
+    return not _nll_is_the_loss(head)
+  return True
+
+
+def layout(scalars: dict, heads, precision: str = "float32") -> dict:
+  """{TensorBoard tag: value} for the run's scalars {name: value} (see the module doc)."""
+  heads = {head.name: head for head in heads}
+  return {(f"{OVERVIEW}/{key}" if key in _OVERVIEW_KEYS else key): value
+          for key, value in scalars.items() if _kept(key, value, heads, precision)}
+
 
 class SummaryWriters:
-  """One writer per mode ("train", "eval"), created on first use."""
+  """One writer per mode ("train", "eval"), created on first use; scalars laid out by
+  `layout` for these heads and precision."""
 
-  def __init__(self, model_dir: str):
+  def __init__(self, model_dir: str, heads=(), precision: str = "float32"):
     self._model_dir = model_dir
+    self._heads = list(heads)
+    self._precision = precision
     self._writers = {}
     self._scalar_writers = {}  # (mode, tags) -> traced function writing them.
 
@@ -31,6 +86,8 @@ class SummaryWriters:
     self._writers[mode].flush()
 
   def write_scalars(self, mode: str, scalars: dict, step: int):
+    """Writes `scalars` {name: value}, as `layout` names and filters them."""
+    scalars = layout(scalars, self._heads, self._precision)
     tags = tuple(scalars)
     values = tf.constant([float(value) for value in scalars.values()], tf.float32)
     with self.as_default(mode, step):
@@ -41,6 +98,32 @@ class SummaryWriters:
         self._scalar_writers[mode, tags] = tf.function(write)
       self._scalar_writers[mode, tags](values, tf.constant(step, tf.int64))
 
+  def write_hparams(self, hparams: dict, metric_names, run: str = "eval"):
+    """Writes the run's settings to TensorBoard's HParams plugin, with its metrics.
+
+    `hparams` maps names to values (bool, int, float or str; others are
+    written as text, None as ""). The session goes into the run `run`
+    ("eval", or "train" without evaluation) next to the metrics it lists
+    (`metric_names`, as `evaluate` names them), so that `tensorboard
+    --logdir <model_dir>` (or any parent) finds each metric in the session's
+    own run and the plugin's table fills in.
+    """
+    def plain(value):
+      if value is None:
+        return ""
+      if isinstance(value, (bool, int, float, str)):
+        return value
+      if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+      return str(value)
+    values = {name: plain(value) for name, value in sorted(hparams.items())}
+    tags = layout(dict.fromkeys(metric_names, 0.0), self._heads, self._precision)
+    with self.as_default(run, 0):
+      hparams_api.hparams_config(
+          hparams=[hparams_api.HParam(name) for name in values],
+          metrics=[hparams_api.Metric(tag, display_name=f"{run}/{tag}") for tag in tags])
+      hparams_api.hparams(values)
+
   def close(self):
     for writer in self._writers.values():
       writer.close()
@@ -48,27 +131,3 @@ class SummaryWriters:
     self._scalar_writers = {}
 
 
-def write_hparams(model_dir: str, hparams: dict, metric_names) -> None:
-  """Writes the run's settings to TensorBoard's HParams plugin, with its eval metrics.
-
-  `hparams` maps names to values (bool, int, float or str; others are
-  written as text, None as ""). The plugin shows them in one row per run
-  next to the latest value of each metric of `model_dir/eval`.
-  """
-  def plain(value):
-    if value is None:
-      return ""
-    if isinstance(value, (bool, int, float, str)):
-      return value
-    if isinstance(value, (list, tuple)):
-      return ",".join(str(item) for item in value)
-    return str(value)
-  values = {name: plain(value) for name, value in sorted(hparams.items())}
-  writer = tf.summary.create_file_writer(model_dir)
-  with writer.as_default():
-    hparams_api.hparams_config(
-        hparams=[hparams_api.HParam(name) for name in values],
-        metrics=[hparams_api.Metric(name, group="eval", display_name=f"eval/{name}")
-                 for name in metric_names])
-    hparams_api.hparams(values)
-  writer.close()

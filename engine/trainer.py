@@ -108,7 +108,8 @@ class Trainer:
         counters={"global_step": self.global_step, "skipped_steps": self.skipped_steps,
                   "consecutive_skips": self.consecutive_skips,
                   "nonfinite_losses": self.nonfinite_losses})
-    self.summaries = summaries_lib.SummaryWriters(self.checkpoints.own_dir)
+    self.summaries = summaries_lib.SummaryWriters(self.checkpoints.own_dir, self.heads,
+                                                  config.precision)
     # The one host call after a loop, and the reset before one.
     self.read_report = tf.function(lambda full: reporting.report(self, full), autograph=False)
     self.reset_measurements = tf.function(lambda guard: reporting.reset(self, guard),

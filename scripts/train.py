@@ -31,8 +31,9 @@ def main(argv):
   config = trainer.config
   train_data = experiment.train_data(config.batch_size, config.seed)
   eval_data = experiment.eval_data(config.batch_size) if experiment.eval_data else None
-  engine.summaries.write_hparams(config.model_dir, engine.run_config.hparams(config),
-                                 trainer.metric_names)
+  trainer.summaries.write_hparams(engine.run_config.hparams(config),
+                                  trainer.metric_names if eval_data else ["loss"],
+                                  run="eval" if eval_data else "train")
   results = trainer.train(train_data, steps=config.train_steps, eval_dataset=eval_data)
   if eval_data is not None:
     print(engine.progress.metrics_table(results, trainer.model.head_names))

@@ -136,7 +136,8 @@ def _script(name, model_dir):
 
 def test_a_user_module_trains_with_its_parameters_in_hparams(user_experiment_run):
   model_dir = user_experiment_run
-  accumulator = event_accumulator.EventAccumulator(model_dir, size_guidance={"tensors": 0})
+  accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "eval"),
+                                                   size_guidance={"tensors": 0})
   accumulator.Reload()
   contents = [accumulator.SummaryMetadata(tag).plugin_data.content
               for tag in accumulator.Tags()["tensors"]

@@ -5,11 +5,15 @@ test: `export` and `evaluate` work on any model, and calibration must lower
 its ECE.
 """
 
+import gzip
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -65,22 +69,82 @@ def test_train_keeps_an_export_of_the_best_evaluation(over_confident_run):
   tf.saved_model.load(os.path.join(best_root, str(best_step)))
 
 
-def test_train_writes_a_profile_trace_and_the_flags_as_hparams(over_confident_run):
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+class _TensorBoard:
+  """`tensorboard --logdir <dir>` on 127.0.0.1, as the README starts it; JSON over HTTP."""
+
+  def __init__(self, logdir):
+    self.url = f"http://127.0.0.1:{_free_port()}"
+    command = [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", logdir,
+               "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "--load_fast=false"]
+    self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+  def get(self, route, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(self.url + route, data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+      content = response.read()
+      if response.headers.get("Content-Encoding") == "gzip":
+        content = gzip.decompress(content)
+      return json.loads(content)
+
+  def wait_for_runs(self, expected, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+      try:
+        runs = self.get("/data/runs")
+        if set(expected) <= set(runs):
+          return runs
+      except OSError:
+        pass
+      if time.monotonic() > deadline or self._process.poll() is not None:
+        raise AssertionError(f"TensorBoard did not list the runs {expected} in {timeout} s.")
+      time.sleep(0.5)
+
+  def close(self):
+    self._process.kill()
+    self._process.wait()
+
+
+def test_tensorboard_shows_the_profile_and_fills_every_hparams_metric(over_confident_run):
   model_dir, _ = over_confident_run
-  traces = tf.io.gfile.glob(os.path.join(model_dir, "plugins", "profile", "*", "*.xplane.pb"))
+  traces = tf.io.gfile.glob(os.path.join(model_dir, "train", "plugins", "profile", "*",
+                                         "*.xplane.pb"))
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
-  root = _events(model_dir)
-  plugins = {tag: root.SummaryMetadata(tag).plugin_data.plugin_name
-             for tag in root.Tags()["tensors"]}
-  assert set(plugins.values()) == {"hparams"}
-  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=import-outside-toplevel
-  session = next(plugin_data_pb2.HParamsPluginData.FromString(
-      root.SummaryMetadata(tag).plugin_data.content) for tag in plugins
-      if "session_start" in tag)
-  hparams = session.session_start_info.hparams
-  assert hparams["learning_rate"].number_value == pytest.approx(0.01)
-  assert hparams["experiment_params/heads"].string_value == engine.data.DEMO_HEADS
-  assert hparams["best_metric"].string_value == "digit/accuracy"
+  board = _TensorBoard(model_dir)  # The README's command: the model_dir itself.
+  try:
+    assert sorted(board.wait_for_runs(["train", "eval"])) == ["eval", "train"]  # No "." run.
+    assert board.get("/data/plugins_listing")["profile"]["enabled"]
+    profile_runs = board.get("/data/plugin/profile/runs")
+    assert [run.split("/")[0] for run in profile_runs] == ["train"], profile_runs
+    experiment = board.get("/data/plugin/hparams/experiment", {"experimentName": ""})
+    metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
+    assert {"Overview/loss", "digit/accuracy", "digit/adaptive_ece", "box/mae"} <= metrics
+    hparams = {info["name"] for info in experiment["hparamInfos"]}
+    assert {"learning_rate", "experiment_params/heads", "best_metric"} <= hparams
+    groups = board.get("/data/plugin/hparams/session_groups", {
+        "experimentName": "", "startIndex": 0, "sliceSize": 10,
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                            "STATUS_RUNNING"],
+        "colParams": [{"metric": info["name"]} for info in experiment["metricInfos"]]})
+    group, = groups["sessionGroups"]
+    values = {value["name"]["tag"]: value.get("value") for value in group["metricValues"]}
+    assert set(values) == metrics and all(v is not None for v in values.values()), values
+    assert group["hparams"]["learning_rate"] == pytest.approx(0.01)
+    assert group["hparams"]["best_metric"] == "digit/accuracy"
+    final = _events(os.path.join(model_dir, "eval")).Tensors("digit/accuracy")[-1]
+    assert values["digit/accuracy"] == pytest.approx(float(tf.make_ndarray(final.tensor_proto)))
+    images = board.get("/data/plugin/images/tags")["eval"]
+    assert {"digit/confusion_matrix", "digit/reliability_diagram"} <= set(images)
+  finally:
+    board.close()
 
 
 def test_export_script_writes_a_loadable_model_from_the_checkpoint(over_confident_run,
