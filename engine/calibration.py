@@ -1,75 +1,43 @@
-"""Temperature scaling (Guo et al., ICML 2017): one temperature per classification head.
+"""Post-hoc calibration: fit a map of each head's logits on held-out data, keep it in the head.
 
-A temperature T divides a head's logits before its softmax. It does not
-change the predicted class, only the confidence; fitting it by minimising
-the negative log-likelihood on held-out data makes over-confident models
-calibrated. The NLL is convex in the inverse temperature b = 1/T, with
-gradient E_p[z] - E_t[z] and curvature Var_p[z] averaged over examples (p
-the model's distribution at b, t the target), so a safeguarded Newton
-iteration finds the exact minimum in a few steps, in float64.
+Methods (`METHODS`), each fitted by minimising the held-out NLL exactly
+(`engine.calibration_fits`):
+- "temperature": one temperature per softmax head (Guo et al., 2017); never
+  changes the predicted class.
+- "vector": a scale and a bias per class of each softmax head (vector
+  scaling, Guo et al., 2017); can change the predicted class.
+- "platt": a scale and a bias per label of each sigmoid head (Platt, 1999).
+
+The fitted values go into the head's variables (`temperature`,
+`calibration_scale`, `calibration_bias`), so they are checkpointed,
+applied once in `predict`, in the evaluation's metrics and in exports. A
+method replaces what an earlier one fitted on the same heads; methods for
+other heads (temperature, then platt) add up.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-TEMPERATURE_RANGE = (1e-2, 1e2)  # A separable held-out set would push T to 0.
+from engine.calibration_fits import fit_platt, fit_temperature, fit_vector_scaling
+import heads as heads_lib
+
+METHODS = ("temperature", "vector", "platt")
+# What `report` prints before and after, when the evaluation has it.
+REPORTED = ("ece", "adaptive_ece", "classwise_ece", "mce", "brier", "nll")
 
 
-def calibratable(heads) -> list:
-  """The heads that have a temperature to fit (SoftmaxHead)."""
-  return [head for head in heads if isinstance(getattr(head, "temperature", None),
-                                                 keras.Variable)]
-
-
-def fit_temperature(logits, targets, weights=None, max_iterations=100) -> float:
-  """The T > 0 minimising the weighted mean NLL of softmax(logits / T).
-
-  Args:
-    logits: [N, C] raw logits (the current temperature not applied).
-    targets: [N, C] target distributions (one-hot for class ids).
-    weights: [N] example weights (0: no label), or None.
-  """
-  z = np.asarray(logits, np.float64)
-  t = np.asarray(targets, np.float64)
-  w = np.ones(len(z)) if weights is None else np.asarray(weights, np.float64)
-  w = w / w.sum()
-  target_logit = np.sum(t * z, axis=1)
-
-  def nll_and_derivatives(b):
-    scaled = b * z
-    top = scaled.max(axis=1, keepdims=True)
-    p = np.exp(scaled - top)
-    normaliser = p.sum(axis=1, keepdims=True)
-    p /= normaliser
-    log_sum_exp = top[:, 0] + np.log(normaliser[:, 0])
-    mean_z = np.sum(p * z, axis=1)
-    nll = np.sum(w * (log_sum_exp - b * target_logit))
-    gradient = np.sum(w * (mean_z - target_logit))
-    curvature = np.sum(w * (np.sum(p * z * z, axis=1) - mean_z ** 2))
-    return nll, gradient, curvature
-
-  low, high = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
-  b = 1.0
-  nll, gradient, curvature = nll_and_derivatives(b)
-  for _ in range(max_iterations):
-    if abs(gradient) < 1e-12 or curvature <= 0:
-      break
-    candidate = float(np.clip(b - gradient / curvature, low, high))
-    candidate_nll, candidate_gradient, candidate_curvature = nll_and_derivatives(candidate)
-    while candidate_nll > nll + 1e-15 and abs(candidate - b) > 1e-12:  # Halve the step.
-      candidate = (b + candidate) / 2
-      candidate_nll, candidate_gradient, candidate_curvature = nll_and_derivatives(candidate)
-    converged = abs(candidate - b) <= 1e-10 * b
-    b, nll, gradient, curvature = candidate, candidate_nll, candidate_gradient, \
-        candidate_curvature
-    if converged:
-      break
-  return 1.0 / b
+def calibratable(heads, method: str = "temperature") -> list:
+  """The heads that `method` fits: softmax heads (temperature, vector), sigmoid heads (platt)."""
+  kind = heads_lib.SigmoidHead if method == "platt" else heads_lib.SoftmaxHead
+  return [head for head in heads if isinstance(head, kind)]
 
 
 def collect(model, heads, dataset, steps=None) -> dict:
-  """{head: (logits [N, C], targets [N, C], weights [N])} over `dataset`, as NumPy."""
+  """{head: (logits [N, C], targets [N, C], weights [N])} over `dataset`, as NumPy.
+
+  Targets are one-hot for softmax heads' class ids, the 0/1 labels for
+  sigmoid heads. The logits are raw: no calibration applied.
+  """
   forward = tf.function(lambda features: model(features, training=False))
   collected = {head.name: ([], [], []) for head in heads}
   for index, element in enumerate(dataset):
@@ -81,7 +49,9 @@ def collect(model, heads, dataset, steps=None) -> dict:
     for head in heads:
       label = tf.convert_to_tensor(labels[head.name])
       example_weights = head.example_weights(label, weights.get(head.name))
-      if label.dtype.is_integer:  # Absent labels (weight 0) may hold any id.
+      if isinstance(head, heads_lib.SigmoidHead):
+        label = tf.cast(label, tf.float32)
+      elif label.dtype.is_integer:  # Absent labels (weight 0) may hold any id.
         label = tf.one_hot(tf.where(example_weights > 0, label, tf.zeros_like(label)),
                            head.num_classes)
       for values, value in zip(collected[head.name],
@@ -94,27 +64,58 @@ def collect(model, heads, dataset, steps=None) -> dict:
           for name, values in collected.items()}
 
 
-def calibrate(model, heads, dataset, steps=None) -> dict:
-  """Fits and assigns the temperature of every calibratable head; returns {head: T}."""
-  heads = calibratable(heads)
+def _assign(head, temperature=1.0, scale=None, bias=None):
+  if hasattr(head, "temperature"):
+    head.temperature.assign(temperature)
+  size = head.calibration_scale.shape[0]
+  head.calibration_scale.assign(np.ones(size) if scale is None else scale)
+  head.calibration_bias.assign(np.zeros(size) if bias is None else bias)
+
+
+def calibrate(model, heads, dataset, steps=None, method: str = "temperature") -> dict:
+  """Fits `method` for every head it applies to and assigns it; returns {head: fitted}.
+
+  `fitted` is {"temperature": T} or {"scale": [C], "bias": [C]}.
+  """
+  if method not in METHODS:
+    raise ValueError(f"calibration method must be one of {METHODS}; received {method!r}.")
+  heads = calibratable(heads, method)
   if not heads:
     return {}
-  temperatures = {}
   collected = collect(model, heads, dataset, steps)  # One pass for all heads.
+  fitted = {}
   for head in heads:
-    temperature = fit_temperature(*collected[head.name])
-    head.temperature.assign(temperature)
-    temperatures[head.name] = temperature
-  return temperatures
+    logits, targets, weights = collected[head.name]
+    if method == "temperature":
+      temperature = fit_temperature(logits, targets, weights)
+      _assign(head, temperature=temperature)
+      fitted[head.name] = {"temperature": temperature}
+    else:
+      fit = fit_vector_scaling if method == "vector" else fit_platt
+      scale, bias = fit(logits, targets, weights)
+      _assign(head, scale=scale, bias=bias)
+      fitted[head.name] = {"scale": scale, "bias": bias}
+  return fitted
 
 
-def report(before: dict, after: dict, temperatures: dict) -> str:
-  """A table of each calibrated head's temperature, ECE and NLL before and after."""
-  rows = [("head", "temperature", "ece_before", "ece_after", "nll_before", "nll_after")]
-  for name, temperature in temperatures.items():
-    rows.append((name, f"{temperature:.4f}", f"{before[f'{name}/ece']:.4f}",
-                 f"{after[f'{name}/ece']:.4f}", f"{before[f'{name}/nll']:.4f}",
-                 f"{after[f'{name}/nll']:.4f}"))
+def _describe(fitted: dict) -> str:
+  if "temperature" in fitted:
+    return f"temperature {fitted['temperature']:.4f}"
+  scale, bias = fitted["scale"], fitted["bias"]
+  return (f"scale {np.min(scale):.3f}..{np.max(scale):.3f}, "
+          f"bias {np.min(bias):.3f}..{np.max(bias):.3f}")
+
+
+def report(before: dict, after: dict, fitted: dict) -> str:
+  """A table, per calibrated head, of what was fitted and every calibration metric
+  (and the NLL) before and after."""
+  rows = [("head", "metric", "before", "after")]
+  for name, values in fitted.items():
+    rows.append((name, "fitted", _describe(values), ""))
+    for metric in REPORTED + ("accuracy",):
+      key = f"{name}/{metric}"
+      if key in before and key in after:
+        rows.append((name, metric, f"{before[key]:.4f}", f"{after[key]:.4f}"))
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                    for row in rows)

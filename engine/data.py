@@ -26,7 +26,7 @@ tfrecord = records.dataset
 NUM_FEATURES = 32
 TASK_SEED = 1234
 BOX_NOISE = 0.1
-_SPLIT_SEEDS = {"train": 1, "eval": 2, "test": 3}
+_SPLIT_SEEDS = {"train": 1, "eval": 2, "test": 3, "calibration": 4}
 # The heads the synthetic data labels, as heads.parse_heads text.
 DEMO_HEADS = "digit:softmax:10,parity:softmax:2:0.5,box:regression:4:0.25"
 

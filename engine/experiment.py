@@ -49,6 +49,8 @@ class Experiment:
       `(features, labels[, sample_weights])`, repeated; features may be a dict.
     eval_data: `(batch_size) -> tf.data.Dataset`, finite, of the same
       structure; None when there is no evaluation data.
+    calibration_data: like `eval_data`, a held-out split distinct from it,
+      that calibrate.py fits on; None when there is none.
     optimizer: a Keras optimizer; None: the one the Config's optimizer
       settings describe.
   """
@@ -58,6 +60,7 @@ class Experiment:
   train_data: Callable
   eval_data: Optional[Callable]
   optimizer: Optional[keras.optimizers.Optimizer] = None
+  calibration_data: Optional[Callable] = None
 
 
 def function_of(name: str) -> Callable:

@@ -21,6 +21,8 @@ class SigmoidHead(base.Head):
   when its probability is >= `threshold`.
 
   `class_names` (default: the class ids) label the evaluation's figures.
+  Platt scaling (`calibration_scale`, `calibration_bias`, per label; set by
+  `engine.calibration`) applies in `predict` and the evaluation's metrics.
 
   Metrics: micro and macro F1 and ROC AUC (Keras's streaming metrics, at the
   threshold), the exact-match ratio (all classes right), and ece and brier
@@ -49,6 +51,13 @@ class SigmoidHead(base.Head):
     self.class_names = guard.check_class_names(name, class_names, num_classes)
     self.threshold = float(threshold)
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
+    # Platt scaling per label (engine.calibration): sigmoid(scale * z + bias).
+    self.calibration_scale = self.add_weight(shape=(num_classes,), initializer="ones",
+                                             trainable=False, name="calibration_scale",
+                                             dtype="float32")
+    self.calibration_bias = self.add_weight(shape=(num_classes,), initializer="zeros",
+                                            trainable=False, name="calibration_bias",
+                                            dtype="float32")
     self.micro_f1 = keras.metrics.F1Score(average="micro", threshold=threshold, name="micro_f1")
     self.macro_f1 = keras.metrics.F1Score(average="macro", threshold=threshold, name="macro_f1")
     # Keras makes F1Score's variables at its first update; results (and metric
@@ -81,13 +90,17 @@ class SigmoidHead(base.Head):
     return tf.cast(tf.reduce_all(tf.equal(predicted, tf.cast(labels, tf.float32)), axis=-1),
                    tf.float32)
 
+  def calibrated_logits(self, logits):
+    """`calibration_scale * logits + calibration_bias`: the identity until Platt scaling."""
+    return tf.cast(logits, tf.float32) * self.calibration_scale + self.calibration_bias
+
   def predict(self, logits) -> dict:
-    probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
+    probabilities = tf.sigmoid(self.calibrated_logits(logits))
     return {"probabilities": probabilities,
             "classes": tf.cast(probabilities >= self.threshold, tf.int64)}
 
   def _update_metrics(self, labels, logits, sample_weight):
-    logits = tf.cast(logits, tf.float32)
+    logits = self.calibrated_logits(logits)  # What predict serves.
     labels = tf.cast(labels, tf.float32)
     probabilities = tf.sigmoid(logits)
     self.micro_f1.update_state(labels, probabilities, sample_weight)

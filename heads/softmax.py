@@ -62,9 +62,10 @@ class SoftmaxHead(guard.DistributionHead):
   an example's weight: the whole example is weighted by its target class,
   as Keras does.
 
-  `temperature` divides the logits in `predict` and in the calibration
-  metrics (NLL, ECE, mean confidence); it is a variable, saved with the
-  model, so calibration can set it later. The loss uses raw logits.
+  `temperature` divides the logits in `predict` and in the evaluation's
+  metrics; it is a variable, saved with the model, so calibration can set it
+  later, as it can set vector scaling (`calibration_scale`,
+  `calibration_bias`: one per class). The loss uses raw logits.
 
   `class_names` (default: the class ids) label the evaluation's figures.
 
@@ -91,6 +92,13 @@ class SoftmaxHead(guard.DistributionHead):
     self.temperature = self.add_weight(
         shape=(), initializer=keras.initializers.Constant(float(temperature)),
         trainable=False, name="temperature", dtype="float32")
+    # Vector scaling (engine.calibration): a scale and a bias per class.
+    self.calibration_scale = self.add_weight(shape=(num_classes,), initializer="ones",
+                                             trainable=False, name="calibration_scale",
+                                             dtype="float32")
+    self.calibration_bias = self.add_weight(shape=(num_classes,), initializer="zeros",
+                                            trainable=False, name="calibration_bias",
+                                            dtype="float32")
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     self.top_k = (keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"top{top_k}_accuracy")
                   if top_k < num_classes else None)
@@ -118,18 +126,23 @@ class SoftmaxHead(guard.DistributionHead):
   def main_metric_values(self, labels, logits):
     return correct(labels, logits)  # (B,)
 
+  def calibrated_logits(self, logits):
+    """`logits / temperature * calibration_scale + calibration_bias`: the identity until
+    calibration fits a temperature or vector scaling."""
+    return (tf.cast(logits, tf.float32) / self.temperature * self.calibration_scale
+            + self.calibration_bias)
+
   def predict(self, logits) -> dict:
-    logits = tf.cast(logits, tf.float32)
-    return {"probabilities": tf.nn.softmax(logits / self.temperature, axis=-1),
-            "classes": tf.argmax(logits, axis=-1)}
+    scaled = self.calibrated_logits(logits)
+    return {"probabilities": tf.nn.softmax(scaled, axis=-1),
+            "classes": tf.argmax(scaled, axis=-1)}
 
   def _update_metrics(self, labels, logits, sample_weight):
-    logits = tf.cast(logits, tf.float32)
+    scaled = self.calibrated_logits(logits)  # What predict serves.
     ids = tf.argmax(labels, axis=-1) if labels.dtype.is_floating else labels
-    self.accuracy.update_state(ids, logits, sample_weight)
+    self.accuracy.update_state(ids, scaled, sample_weight)
     if self.top_k is not None:
-      self.top_k.update_state(ids, logits, sample_weight)
-    scaled = logits / self.temperature
+      self.top_k.update_state(ids, scaled, sample_weight)
     self.nll.update_state(losses.softmax_cross_entropy(labels, scaled), sample_weight)
     probabilities = tf.nn.softmax(scaled, axis=-1)
     self.mean_confidence.update_state(tf.reduce_max(probabilities, axis=-1), sample_weight)

@@ -1,13 +1,19 @@
-r"""Fits one temperature per classification head on held-out data (Guo et al., 2017).
+r"""Calibrates a trained model's heads on a held-out split; keeps the fit with the model.
 
-  python scripts/calibrate.py --model_dir=runs/demo
+  python scripts/calibrate.py --model_dir=runs/demo                     # temperature
+  python scripts/calibrate.py --model_dir=runs/demo --method=vector
+  python scripts/calibrate.py --model_dir=runs/images --method=platt   # sigmoid heads
 
-Restores the latest checkpoint, prints ECE and NLL per head before and
-after, then stores the temperatures with the model: a checkpoint of the same
+--method: temperature (one per softmax head), vector (a scale and a bias per
+class of each softmax head) or platt (a scale and a bias per label of each
+sigmoid head); see engine.calibration. The fit is made on the experiment's
+calibration split (--calibration_split=calibration, the default) and every
+calibration metric (ece, adaptive_ece, classwise_ece, mce, brier, nll) is
+printed before and after on its evaluation split, so the two never share
+examples. Then the fit is stored with the model: a checkpoint of the same
 step is rewritten (every other variable, and the input position, as they
 were), and a new export version is written (model_dir/export/<step>, or the
-next free number if that step was exported before).
-The held-out set is the experiment's eval data; the model and the data
+next free number if that step was exported before). The model and the data
 come from the settings the run kept (model_dir/config.flags).
 """
 
@@ -20,6 +26,12 @@ import engine
 
 # --help and --helpshort list the engine's flags (one per engine.Config field).
 flags.adopt_module_key_flags(engine.config_flags)
+_METHOD = flags.DEFINE_enum("method", "temperature", engine.calibration.METHODS,
+                            "What to fit: see engine.calibration.")
+_SPLIT = flags.DEFINE_enum(
+    "calibration_split", "calibration", ["calibration", "eval"],
+    "The split to fit on: the experiment's calibration split, or its eval split (then the "
+    "'after' metrics are measured on the examples fitted, and flatter than they will be).")
 
 
 def main(argv):
@@ -28,20 +40,31 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   trainer, experiment = common.make_trainer()
   common.restore_latest(trainer, experiment)
+  name, batch_size = trainer.config.experiment, trainer.config.batch_size
   if experiment.eval_data is None:
-    raise app.UsageError(f"experiment {trainer.config.experiment!r} has no held-out data to "
-                         "calibrate on (its eval data).")
-  held_out = experiment.eval_data(trainer.config.batch_size)
-  before = trainer.evaluate(held_out)
-  temperatures = engine.calibration.calibrate(trainer.model, trainer.heads, held_out,
-                                              trainer.config.eval_steps)
-  if not temperatures:
-    raise app.UsageError(f"No head of {trainer.model.head_names} has a temperature to fit "
-                         "(only softmax heads do).")
-  after = trainer.evaluate(held_out)
-  print(engine.calibration.report(before, after, temperatures))
+    raise app.UsageError(f"experiment {name!r} has no eval data to measure calibration on.")
+  if _SPLIT.value == "calibration" and experiment.calibration_data is None:
+    raise app.UsageError(
+        f"experiment {name!r} has no calibration split; give it one (the tfrecord "
+        "experiment: --experiment_params=calibration_data=PATTERN) or pass "
+        "--calibration_split=eval.")
+  if _SPLIT.value == "eval":
+    logging.warning("Fitting on the eval split: the metrics after are measured on the "
+                    "examples fitted.")
+  fit_on = (experiment.calibration_data if _SPLIT.value == "calibration"
+            else experiment.eval_data)(batch_size)
+  evaluation = experiment.eval_data(batch_size)
+  before = trainer.evaluate(evaluation)
+  fitted = engine.calibration.calibrate(trainer.model, trainer.heads, fit_on,
+                                        trainer.config.eval_steps, method=_METHOD.value)
+  if not fitted:
+    kind = "sigmoid" if _METHOD.value == "platt" else "softmax"
+    raise app.UsageError(f"--method={_METHOD.value} fits {kind} heads; none of "
+                         f"{trainer.model.head_names} is one.")
+  after = trainer.evaluate(evaluation)
+  print(engine.calibration.report(before, after, fitted))
   # Keeps the training input's position in the rewritten checkpoint.
-  trainer.save_checkpoint(experiment.train_data(trainer.config.batch_size, trainer.config.seed))
+  trainer.save_checkpoint(experiment.train_data(batch_size, trainer.config.seed))
   print(trainer.export())
 
 

@@ -196,28 +196,51 @@ def test_evaluate_follows_a_training_run_until_it_ends(tmp_path):
   assert json.loads((tmp_path / "model" / "eval" / "metrics.json").read_text())["step"] == 600
 
 
-def test_calibrate_script_lowers_the_ece_and_stores_the_temperatures(over_confident_run):
+def test_calibrate_script_fits_vector_scaling_and_the_export_serves_it(over_confident_run,
+                                                                       tmp_path):
   model_dir, _ = over_confident_run
   before = _tensors(model_dir)
-  result = _run("calibrate.py", f"--model_dir={model_dir}")
+  result = _run("calibrate.py", f"--model_dir={model_dir}", "--method=vector")
   assert result.returncode == 0, result.stderr[-3000:]
-  rows = {line.split()[0]: [float(x) for x in line.split()[1:]]
-          for line in result.stdout.splitlines() if line.split()[:1] in (["digit"], ["parity"])}
-  temperature, ece_before, ece_after, nll_before, nll_after = rows["digit"]
-  assert temperature > 1 and ece_after < 0.6 * ece_before and nll_after < nll_before
-  reader = tf.train.load_checkpoint(model_dir)
-  stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("model/heads/digit/") and "temperature" in key]
-  assert stored == [pytest.approx(temperature, rel=1e-4)]
+  table = {tuple(line.split()[:2]): line.split()[2:] for line in result.stdout.splitlines()
+           if line.split()[:1] in (["digit"], ["parity"])}
+  for head in ("digit", "parity"):
+    assert table[head, "fitted"][0] == "scale"
+    metrics = {metric for (name, metric) in table if name == head} - {"fitted"}
+    assert metrics == {"ece", "adaptive_ece", "classwise_ece", "mce", "brier", "nll", "accuracy"}
+  ece_before, ece_after = (float(v) for v in table["digit", "ece"])
+  nll_before, nll_after = (float(v) for v in table["digit", "nll"])
+  assert ece_after < 0.6 * ece_before and nll_after < nll_before
   assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-600")
   after = _tensors(model_dir)  # Every other variable, and the input position, kept.
   changed = sorted(key for key in before if not np.array_equal(before[key], after[key]))
-  assert changed == ["model/heads/digit/temperature/.ATTRIBUTES/VARIABLE_VALUE",
-                     "model/heads/parity/temperature/.ATTRIBUTES/VARIABLE_VALUE",
-                     "save_counter/.ATTRIBUTES/VARIABLE_VALUE"]
+  assert changed == [f"model/heads/{head}/calibration_{kind}/.ATTRIBUTES/VARIABLE_VALUE"
+                     for head in ("digit", "parity") for kind in ("bias", "scale")] + [
+                         "save_counter/.ATTRIBUTES/VARIABLE_VALUE"]
+  reader = tf.train.load_checkpoint(model_dir)
   assert "train_iterator/.ATTRIBUTES/ITERATOR_STATE" in reader.get_variable_to_shape_map()
   exported = result.stdout.splitlines()[-1]
   assert os.path.isdir(exported) and int(os.path.basename(exported)) >= 600
+  # The export serves what trainer.predict gives after calibration: saved_model_cli's outputs.
+  features, _ = engine.data.synthetic_arrays("eval", 64)
+  np.save(tmp_path / "features.npy", features)
+  for head in ("digit", "parity", "box"):
+    os.makedirs(tmp_path / "out" / head)
+  served = subprocess.run(
+      [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
+       exported, "--tag_set", "serve", "--signature_def", "serving_default", "--inputs",
+       f"features={tmp_path / 'features.npy'}", "--outdir", str(tmp_path / "out")],
+      capture_output=True, text=True, timeout=240, check=False)
+  assert served.returncode == 0, served.stderr[-3000:]
+  trainer, experiment = engine.experiment.build(engine.Config(**engine.run_config.read(
+      model_dir)))
+  trainer.build(engine.experiment.features_spec(experiment, 32))
+  predicted = trainer.predict(features)
+  assert float(np.std(trainer.heads[0].calibration_scale.numpy())) > 0  # Not the identity.
+  for head, output in (("digit", "probabilities"), ("digit", "classes"),
+                       ("parity", "probabilities"), ("box", "values")):
+    np.testing.assert_allclose(np.load(tmp_path / "out" / head / f"{output}.npy"),
+                               predicted[head][output], rtol=1e-5, atol=1e-6)
 
 
 def _tensors(model_dir):
@@ -230,6 +253,9 @@ _SCRIPT_ERRORS = {
     "export.py": ([], r"No checkpoint in --model_dir="),
     "evaluate.py": (["--follow", "--checkpoint=x"], r"--follow .* cannot take --checkpoint"),
     "calibrate.py": ([], r"No checkpoint in --model_dir="),
+    "calibrate.py --method": (["--method=nonsense"],
+                              r"--method=nonsense: value should be one of "
+                              r"<temperature\|vector\|platt>"),
 }
 
 
@@ -237,7 +263,7 @@ _SCRIPT_ERRORS = {
 def script_error_messages(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("errors"))
   return dict(zip(_SCRIPT_ERRORS, script_errors.in_one_process(
-      [[script, f"--model_dir={model_dir}", *flags]
+      [[script.split()[0], f"--model_dir={model_dir}", *flags]
        for script, (flags, _) in _SCRIPT_ERRORS.items()])))
 
 

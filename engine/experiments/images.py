@@ -15,7 +15,7 @@ from engine import data
 from engine.experiment import Experiment
 import heads as heads_lib
 
-_SPLIT_SEEDS = {"train": 11, "eval": 12}
+_SPLIT_SEEDS = {"train": 11, "eval": 12, "calibration": 13}
 
 
 def image_arrays(split: str, num_examples: int, image_size: int = 16, square: int = 4):
@@ -69,4 +69,5 @@ def images(image_size=16, filters=(16, 32), width=64, num_train_examples=4096,
       heads=[heads_lib.SoftmaxHead("count", 3), heads_lib.SigmoidHead("colours", 3),
              heads_lib.SoftmaxHead("position", 4)],
       train_data=lambda batch_size, seed: batches("train", num_train_examples, batch_size, seed),
-      eval_data=lambda batch_size: batches("eval", num_eval_examples, batch_size))
+      eval_data=lambda batch_size: batches("eval", num_eval_examples, batch_size),
+      calibration_data=lambda batch_size: batches("calibration", num_eval_examples, batch_size))

@@ -20,7 +20,7 @@ from engine import data
 from engine.experiment import Experiment
 import heads as heads_lib
 
-_SPLIT_SEEDS = {"train": 21, "eval": 22}
+_SPLIT_SEEDS = {"train": 21, "eval": 22, "calibration": 23}
 IGNORE = -1
 
 
@@ -134,4 +134,5 @@ def sequences(vocab_size=64, max_length=24, width=64, trunk="transformer", large
       trunk=SequenceTrunk(vocab_size, width, trunk, max_length=max_length, name="trunk"),
       heads=head_list,
       train_data=lambda batch_size, seed: batches("train", num_train_examples, batch_size, seed),
-      eval_data=lambda batch_size: batches("eval", num_eval_examples, batch_size))
+      eval_data=lambda batch_size: batches("eval", num_eval_examples, batch_size),
+      calibration_data=lambda batch_size: batches("calibration", num_eval_examples, batch_size))

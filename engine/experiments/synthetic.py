@@ -20,4 +20,6 @@ def synthetic(heads=data.DEMO_HEADS, hidden_units=(128, 128), weighting="static"
       train_data=lambda batch_size, seed: data.synthetic(
           "train", batch_size, num_examples=num_train_examples, shuffle_seed=seed),
       eval_data=lambda batch_size: data.synthetic("eval", batch_size,
-                                                  num_examples=num_eval_examples))
+                                                  num_examples=num_eval_examples),
+      calibration_data=lambda batch_size: data.synthetic("calibration", batch_size,
+                                                         num_examples=num_eval_examples))

@@ -39,11 +39,12 @@ class FlatTrunk(keras.layers.Layer):
     return self.dense(keras.ops.concatenate(flat, axis=-1))
 
 
-def tfrecord(train_data, eval_data=None, features=f"features:float:{data.NUM_FEATURES}",
+def tfrecord(train_data, eval_data=None, calibration_data=None, features=f"features:float:{data.NUM_FEATURES}",
              heads=data.DEMO_HEADS, hidden_units=(128, 128), weighting="static",
              weight_schedules=None, weighting_options=None, shuffle_buffer=10_000,
              vocabulary_size=1024):
-  """`train_data` and `eval_data`: file patterns; `features`: name:kind[:shape] items."""
+  """`train_data`, `eval_data` and `calibration_data` (for calibrate.py): file patterns;
+  `features`: name:kind[:shape] items."""
   feature_specs = records.parse_feature_specs(features)
   head_list = parts.heads_from_text(heads, weighting, weight_schedules, weighting_options)
   return Experiment(
@@ -53,4 +54,6 @@ def tfrecord(train_data, eval_data=None, features=f"features:float:{data.NUM_FEA
           train_data, feature_specs, head_list, batch_size, training=True, shuffle_seed=seed,
           shuffle_buffer=shuffle_buffer),
       eval_data=None if eval_data is None else lambda batch_size: records.dataset(
-          eval_data, feature_specs, head_list, batch_size, training=False))
+          eval_data, feature_specs, head_list, batch_size, training=False),
+      calibration_data=None if calibration_data is None else lambda batch_size: records.dataset(
+          calibration_data, feature_specs, head_list, batch_size, training=False))
