@@ -20,7 +20,7 @@ def _learning_rates(model_dir):
                                                    size_guidance={"tensors": 0})
   accumulator.Reload()
   return {event.step: float(tf.make_ndarray(event.tensor_proto))
-          for event in accumulator.Tensors("learning_rate")}
+          for event in accumulator.Tensors("Overview/learning_rate")}
 
 
 def _trainer(model_dir, config):

@@ -99,9 +99,10 @@ def test_an_overflow_is_skipped_the_scale_halved_and_training_goes_on(tmp_path, 
   assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(trainer)))
   accumulator = event_accumulator.EventAccumulator(os.path.join(trainer.config.model_dir, "train"))
   accumulator.Reload()
-  scales = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors("loss_scale")}
+  scales = {e.step: float(tf.make_ndarray(e.tensor_proto))
+            for e in accumulator.Tensors("Overview/loss_scale")}
   skipped = {e.step: float(tf.make_ndarray(e.tensor_proto))
-             for e in accumulator.Tensors("skipped_steps")}
+             for e in accumulator.Tensors("Overview/skipped_steps")}
   assert scales[2] == scale / 2 and skipped == {1: 0.0, 2: 1.0, 3: 1.0}
 
 

@@ -114,4 +114,4 @@ def test_the_mirrored_command_trains_two_replicas_with_its_settings(readme_outco
               "mirrored", 2, "mixed_bfloat16", 2, 1.0)
   mirrored, = [o for o in outcomes if "--model_dir=runs/mirrored" in o["command"]]
   assert "train | step 20/20" in mirrored["stderr"]
-  assert np.isfinite(events.final_scalars(os.path.join(runs, "mirrored"))["loss"])
+  assert np.isfinite(events.final_scalars(os.path.join(runs, "mirrored"))["Overview/loss"])
