@@ -12,6 +12,8 @@ import math
 import re
 from typing import Optional
 
+from engine.aggregation import METHODS as AGGREGATION_METHODS
+from engine.aggregation import OPTIONS as AGGREGATION_OPTIONS
 from engine.distribution import STRATEGIES
 from engine.precision import PRECISIONS
 
@@ -99,9 +101,12 @@ class Config:
       "raise", "A step whose loss or gradients are NaN/Inf is never applied; raise: stop, "
       "naming the heads and the step; skip: count it per head (TensorBoard) and go on.",
       choices=NONFINITE_POLICIES)
-  pcgrad: bool = _setting(
-      False, "Combine the heads' gradients on the shared trunk with PCGrad (Yu et al., 2020): "
-      "one extra backward pass per head at every step.")
+  aggregation: str = _setting(
+      "sum", "How the heads' gradients on the shared trunk are combined: sum (the weighted "
+      "sum, one backward pass) or a method of engine.aggregation (one extra backward pass "
+      "per head at every step).", choices=("sum",) + AGGREGATION_METHODS)
+  aggregation_options: str = _setting(
+      "", "key=value,... for the aggregation, e.g. c=0.5 for cagrad.")
   head_diagnostics: bool = _setting(
       True, "On the last step of each loop (from the second loop on), each head's gradient "
       "norm on the trunk and the cosines between heads' gradients (TensorBoard).")
@@ -178,6 +183,7 @@ class Config:
       raise ValueError(f"experiment must be a registered name or package.module:function; "
                        f"received {self.experiment!r}.")
     experiment_param_values(self.experiment_params)  # Raises naming the item.
+    self.aggregation_option_values  # pylint: disable=pointless-statement  # Checks them.
     _check_float("learning_rate", self.learning_rate, minimum=0.0)
     _check_float("weight_decay", self.weight_decay, minimum=0.0)
     _check_float("lr_end_fraction", self.lr_end_fraction, minimum=0.0, maximum=1.0)
@@ -229,6 +235,17 @@ class Config:
           f", lr_values={self.lr_values!r}.")
 
   @property
+  def aggregation_option_values(self) -> dict:
+    """`aggregation_options` as a dict, checked against what the aggregation takes."""
+    values = experiment_param_values(self.aggregation_options, "aggregation_options")
+    allowed = [o for o in AGGREGATION_OPTIONS.get(self.aggregation, ()) if o != "seed"]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+      raise ValueError(f"aggregation_options: aggregation={self.aggregation!r} takes "
+                       f"{allowed or 'no options'}; received {unknown}.")
+    return values
+
+  @property
   def params(self) -> dict:
     """`experiment_params` as a dict of Python values."""
     return experiment_param_values(self.experiment_params)
@@ -239,23 +256,23 @@ class Config:
             if field.metadata.get("model")}
 
 
-def experiment_param_values(text: str) -> dict:
+def experiment_param_values(text: str, flag: str = "experiment_params") -> dict:
   """Parses `key=value,key=value` into a dict; values are Python literals, else strings.
 
   An item ends at a comma followed by `name=` (outside brackets and quotes), so a
   value may hold commas: `heads=a:softmax:2,b:softmax:3,hidden_units=(64,64)`.
   """
   if not isinstance(text, str):
-    raise ValueError(f"experiment_params must be text key=value,...; received {text!r}.")
+    raise ValueError(f"{flag} must be text key=value,...; received {text!r}.")
   values = {}
   for item in _split_items(text):
     key, equals, value = item.partition("=")
     key = key.strip()
     if not equals or not key.isidentifier():
-      raise ValueError(f"experiment_params: each item is key=value; received {item!r} in "
+      raise ValueError(f"{flag}: each item is key=value; received {item!r} in "
                        f"{text!r}.")
     if key in values:
-      raise ValueError(f"experiment_params: {key!r} is given twice in {text!r}.")
+      raise ValueError(f"{flag}: {key!r} is given twice in {text!r}.")
     try:
       values[key] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):

@@ -5,8 +5,12 @@ head, so they are computed only when something needs them:
 
 - GradNorm (a head weighting) needs each head's gradient on the last shared
   trunk layer, at every step;
-- PCGrad (`Config.pcgrad`) replaces the trunk's gradient by the sum of the
-  heads' projected gradients, at every step;
+- an aggregation (`Config.aggregation`: PCGrad, MGDA, UPGrad, ...; see
+  `engine.aggregation`) replaces the trunk's gradient by its combination of
+  the heads' gradients, at every step (after unscaling: the loss scale
+  comes off before and goes back on after, so mixed_float16 changes
+  nothing; a non-finite head gradient makes the result NaN, so an overflow
+  is still skipped);
 - the conflict diagnostics (each head's gradient norm on the trunk and the
   pairwise cosines, `Config.head_diagnostics`) are computed on the last step
   of each loop only, when summaries are written, by a second program that
@@ -20,20 +24,23 @@ replica decides on the gradients of the global batch.
 
 import tensorflow as tf
 
+from engine import aggregation as aggregation_lib
 from engine import update as update_lib
-from heads import weighting as weighting_lib
 
 
 class HeadBalancing:
-  """Weighting updates, PCGrad and diagnostics for one model's heads.
+  """Weighting updates, gradient aggregation and diagnostics for one model's heads.
 
   Create under the strategy's scope (it owns the diagnostics variables);
   call `configure` once the model's variables exist.
   """
 
-  def __init__(self, heads, pcgrad: bool, diagnostics: bool, replicas: int):
+  def __init__(self, heads, aggregation: str, aggregation_options: dict, diagnostics: bool,
+               replicas: int):
     self.heads = list(heads)
-    self.pcgrad = pcgrad
+    self.aggregation = aggregation
+    self.aggregation_options = dict(aggregation_options)
+    self.aggregating = aggregation != "sum"
     self.diagnostics = diagnostics and len(self.heads) > 1
     self.replicas = replicas
     self.weightings = list({id(head.weighting): head.weighting for head in self.heads}.values())
@@ -45,6 +52,9 @@ class HeadBalancing:
                                       name="head_gradient_norms", aggregation=aggregation)
     self.gradient_cosines = tf.Variable(tf.zeros([count, count]), trainable=False,
                                         name="head_gradient_cosines", aggregation=aggregation)
+    self.has_coefficients = self.aggregating and self.aggregation != "pcgrad"
+    self.coefficients = tf.Variable(tf.zeros([count]), trainable=False,
+                                    name="aggregation_coefficients", aggregation=aggregation)
     self._trunk_indices = ()
     self._last_layer_index = None
 
@@ -54,21 +64,21 @@ class HeadBalancing:
     self._trunk_indices = tuple(i for i, v in enumerate(model.trainable_variables)
                                 if id(v) in trunk)
     kernels = [i for i in self._trunk_indices if len(model.trainable_variables[i].shape) >= 2]
-    if (self.pcgrad or self.needs_last_layer) and not kernels:
-      raise ValueError("GradNorm and PCGrad act on the shared trunk's gradients, but the "
-                       "trunk has no trainable weight matrix.")
+    if (self.aggregating or self.needs_last_layer) and not kernels:
+      raise ValueError("GradNorm and gradient aggregation act on the shared trunk's "
+                       "gradients, but the trunk has no trainable weight matrix.")
     self._last_layer_index = kernels[-1] if kernels else None
 
   def per_head_indices(self, diagnostics: bool) -> tuple:
     """The trainable values each head's gradient is needed on, in this kind of step."""
-    if self.pcgrad or (diagnostics and self.diagnostics):
+    if self.aggregating or (diagnostics and self.diagnostics):
       return self._trunk_indices
     if self.needs_last_layer:
       return (self._last_layer_index,)
     return ()
 
   def combine(self, grads, head_grads, indices, loss_scale, step, diagnostics):
-    """All-reduces the per-head gradients, applies PCGrad and records diagnostics.
+    """All-reduces the per-head gradients, aggregates them and records diagnostics.
 
     Returns (gradients to apply, {head: weighted gradient norm on the last
     shared layer}); the first are this replica's share, as the optimizer
@@ -83,13 +93,13 @@ class HeadBalancing:
     if self.needs_last_layer:
       position = indices.index(self._last_layer_index)
       last_norms = {name: tf.norm(reduced[name][position]) / loss_scale for name in names}
-    if self.pcgrad or (diagnostics and self.diagnostics):
+    if self.aggregating or (diagnostics and self.diagnostics):
       flat = tf.stack([tf.concat([tf.reshape(g, [-1]) for g in reduced[name]], 0)
                        for name in names])  # [heads, trunk parameters]
       if diagnostics and self.diagnostics:
         self._record_diagnostics(flat / loss_scale)
-      if self.pcgrad:
-        combined = weighting_lib.pcgrad(flat, step) / self.replicas
+      if self.aggregating:
+        combined = self._aggregate(flat / loss_scale, step) * loss_scale / self.replicas
         grads = list(grads)
         offset = 0
         for index in indices:
@@ -97,6 +107,21 @@ class HeadBalancing:
           grads[index] = tf.reshape(combined[offset:offset + size], tf.shape(grads[index]))
           offset += size
     return grads, last_norms
+
+  def _aggregate(self, flat, step):
+    """The aggregation's direction for unscaled [heads, n] gradients; NaN unless all are
+    finite (so that a loss-scale overflow is seen and the step skipped)."""
+    options = dict(self.aggregation_options)
+    if self.aggregation == "pcgrad":
+      options["seed"] = step
+    if self.has_coefficients:
+      direction, coefficients = aggregation_lib.aggregate_with_weights(
+          self.aggregation, flat, **options)
+      self.coefficients.assign(coefficients)
+    else:
+      direction = aggregation_lib.aggregate(self.aggregation, flat, **options)
+    finite = tf.reduce_all(tf.math.is_finite(flat))
+    return tf.where(finite, direction, tf.fill(tf.shape(direction), float("nan")))
 
   def _record_diagnostics(self, flat):
     norms = tf.norm(flat, axis=1)
@@ -119,6 +144,10 @@ class HeadBalancing:
                                                     tf.float32)
       for key, value in head.weighting.summaries(head.name).items():
         scalars[f"{head.name}/{key}"] = tf.cast(value, tf.float32)
+    if self.has_coefficients:  # The last step's: each head's weight in the trunk's update.
+      coefficients = tf.convert_to_tensor(self.coefficients)
+      for i, head in enumerate(self.heads):
+        scalars[f"{head.name}/aggregation_weight"] = coefficients[i]
     if self.diagnostics:
       norms = tf.convert_to_tensor(self.gradient_norms)
       cosines = tf.convert_to_tensor(self.gradient_cosines)

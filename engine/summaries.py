@@ -35,7 +35,7 @@ _DROPPED = ("examples", "examples_per_second")
 
 def _nll_is_the_loss(head) -> bool:
   return (type(head) is softmax_lib.SoftmaxHead and head.label_smoothing == 0  # pylint: disable=unidiomatic-typecheck
-          and head.class_weights is None and float(head.temperature) == 1.0)
+          and head.class_weights is None and float(head.temperature.numpy()) == 1.0)
 
 
 def _kept(key: str, value: float, heads: dict, precision: str) -> bool:

@@ -97,7 +97,8 @@ class Trainer:
                                        aggregation=first)
       self.measurements = measurements_lib.Measurements(self.heads, self.replicas)
       self.pictures = pictures_lib.EvalPictures(self.heads)
-      self.balancing = multitask.HeadBalancing(self.heads, config.pcgrad,
+      self.balancing = multitask.HeadBalancing(self.heads, config.aggregation,
+                                               config.aggregation_option_values,
                                                config.head_diagnostics, self.replicas)
     self.is_chief = self.strategy.extended.should_checkpoint
     self._writer = writer.WriterLock(config.model_dir)

@@ -13,8 +13,8 @@ engine calls, inside the compiled step:
 
 `GradNorm` and `DWA` balance heads against each other: pass the same object
 as the `weight` of every head it balances. `Uncertainty` is per head.
-Gradient surgery (PCGrad) changes how gradients are combined, not weights:
-it is the Trainer's `pcgrad` option (`pcgrad` below holds its math).
+Gradient aggregation (PCGrad, MGDA, UPGrad, ...) changes how gradients are
+combined, not weights: it is `Config.aggregation` (`engine/aggregation.py`).
 
 Every weighting is a float32 Keras layer, so its variables are tracked,
 checkpointed and exported with the head that owns it.
@@ -284,50 +284,3 @@ class DWA(_SharedWeights):
                 (getattr(self, f"last_mean_{name}"), new_last[i]),
                 (getattr(self, f"previous_mean_{name}"), new_previous[i])]
     return pairs
-
-
-def pcgrad(head_gradients, seed):
-  """PCGrad (Yu et al., NeurIPS 2020): the sum of the heads' projected gradients.
-
-  Args:
-    head_gradients: [heads, parameters], each head's gradient on the shared
-      parameters, flattened.
-    seed: an integer tensor (the step) for the random order: each head's
-      gradient is projected against the others' original gradients in a
-      fresh random order, as in the paper.
-
-  Where g_i . g_j < 0, g_i loses its component along g_j:
-  g_i <- g_i - (g_i . g_j) / |g_j|^2 g_j.
-  """
-  count = head_gradients.shape[0]
-  projected = []
-  for i in range(count):
-    gradient = head_gradients[i]
-    order = tf.argsort(_hash_keys(seed, i, count))
-    for position in range(count):
-      j = order[position]
-      other = tf.gather(head_gradients, j)
-      dot = tf.reduce_sum(gradient * other)
-      conflict = tf.logical_and(tf.not_equal(j, i), dot < 0)
-      step = tf.math.divide_no_nan(dot, tf.reduce_sum(other * other))
-      gradient = tf.where(conflict, gradient - step * other, gradient)
-    projected.append(gradient)
-  return tf.add_n(projected)
-
-
-def _hash_keys(seed, head, count):
-  """`count` pseudo-random int64 keys from (seed, head), the same in and out of XLA.
-
-  TensorFlow's stateless random ops give different numbers under XLA than
-  outside it (measured in TF 2.21, even with alg="philox"), so one device
-  (whole step in XLA) and several replicas (PCGrad outside XLA) would
-  project in different orders. A multiplicative hash in int64 arithmetic
-  (the murmur3 finaliser's constants) gives the same keys everywhere.
-  """
-  mask = tf.constant((1 << 32) - 1, tf.int64)
-  x = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64) * 2654435761 + head * 40503
-                             + tf.range(count, dtype=tf.int64) * 2246822519, mask)
-  for shift, factor in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
-    mixed = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(shift, tf.int64)))
-    x = tf.bitwise.bitwise_and(mixed * factor, mask)
-  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.int64)))

@@ -108,9 +108,9 @@ def test_gradnorm_uncertainty_pcgrad_and_diagnostics_on_two_replicas_equal_one_d
     tmp_path, mirrored):
   # Without XLA: per-head gradients make the largest programs of the suite, and the
   # equality does not depend on the compiler (test_two_replicas_... runs under XLA).
-  one = _trainer(tmp_path, "one", head_list=_balanced_heads, pcgrad=True,
+  one = _trainer(tmp_path, "one", head_list=_balanced_heads, aggregation="pcgrad",
                  head_diagnostics=True, jit_compile=False)
-  two = _trainer(tmp_path, "two", mirrored, head_list=_balanced_heads, pcgrad=True,
+  two = _trainer(tmp_path, "two", mirrored, head_list=_balanced_heads, aggregation="pcgrad",
                  head_diagnostics=True, strategy="mirrored", num_cpu_devices=2, jit_compile=False)
   _same_start(one, two)
   train = _data().batch(16, drop_remainder=True).repeat()
@@ -125,6 +125,25 @@ def test_gradnorm_uncertainty_pcgrad_and_diagnostics_on_two_replicas_equal_one_d
     if key.endswith("_per_second"):
       continue
     np.testing.assert_allclose(two_scalars[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("method", ["upgrad", "mgda"])
+def test_upgrad_and_mgda_on_two_replicas_equal_one_device_with_sgd(tmp_path, mirrored, method):
+  # The per-head gradients are all-reduced before the aggregation: both decide on the
+  # global batch's gradients. (Every method compiles under XLA: test_aggregation.)
+  sgd = lambda: keras.optimizers.SGD(0.05)  # pylint: disable=unnecessary-lambda-assignment
+  one = _trainer(tmp_path, "one", optimizer=sgd, aggregation=method, jit_compile=False)
+  two = _trainer(tmp_path, "two", mirrored, optimizer=sgd, aggregation=method,
+                 strategy="mirrored", num_cpu_devices=2, jit_compile=False)
+  _same_start(one, two)
+  train = _data().batch(16, drop_remainder=True).repeat()
+  one.train(train, steps=5)
+  two.train(train, steps=5)
+  _assert_same_model(one, two, rtol=1e-5, atol=1e-5)
+  for name in ("kind", "size", "tags"):
+    key = f"{name}/aggregation_weight"
+    np.testing.assert_allclose(two.last_train_scalars[key], one.last_train_scalars[key],
+                               rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(tmp_path, mirrored):

@@ -104,7 +104,9 @@ def test_metrics_from_the_loss_pass_equal_the_sequence_head_metrics():
     sequence.update_metrics(labels, sequence(features), weights)
   assert float(weight_sum) == pytest.approx(3.5 * 4)
   ours, theirs = fused.metric_results(), sequence.metric_results()
-  assert set(ours) == set(theirs) == {"accuracy", "perplexity"}
+  # The sequence head also has calibration metrics; the fused head never forms the
+  # probabilities they need.
+  assert set(ours) == {"accuracy", "perplexity"} < set(theirs)
   assert 0.3 < float(theirs["accuracy"]) < 1.0
   for name in ours:
     assert float(ours[name]) == pytest.approx(float(theirs[name]), rel=1e-5), name
@@ -222,7 +224,9 @@ def test_two_replicas_of_micro_batches_train_like_the_sequence_head_on_one_devic
   for key in ("loss", "tags/loss", "tags/accuracy", "tags/perplexity"):
     np.testing.assert_allclose(fused_results[key], plain_results[key], rtol=1e-5, err_msg=key)
   for a, b in zip(plain.model.variables, fused.model.variables):
-    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    # Two implementations (fused chunks vs one softmax) over 8 Adam steps, whose division
+    # by sqrt(v) magnifies float32 rounding where a gradient is near 0: 1e-5 absolute.
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.path)
   plain_eval, fused_eval = plain.evaluate(evaluation), fused.evaluate(evaluation)
   assert plain_eval["loss"] < untrained["loss"] - 0.05  # It learned.
   for key in ("loss", "tags/accuracy", "tags/perplexity"):

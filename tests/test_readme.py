@@ -101,7 +101,7 @@ def test_the_pcgrad_and_uncertainty_command_reaches_tensorboard(readme_outcomes)
   assert {"box/log_variance", "digit/loss_weight", "box/trunk_gradient_norm",
           "gradient_cosine/digit_vs_parity"} <= tags
   kept = engine.run_config.read(os.path.join(runs, "uncertainty"))
-  assert kept["pcgrad"]
+  assert kept["aggregation"] == "pcgrad"
   assert engine.config.experiment_param_values(kept["experiment_params"])["weighting"] == (
       "uncertainty")
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import engine
+from engine import aggregation
 from engine import step as step_lib
 import heads
 from heads import weighting
@@ -229,7 +230,7 @@ def test_dwa_weights_follow_the_formula_on_a_scripted_loss_history():
     ([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [0.5, 1.5, 1.0]),
 ])
 def test_pcgrad_removes_exactly_the_conflicting_components(gradients, expected):
-  combined = weighting.pcgrad(tf.constant(gradients), tf.constant(3, tf.int64))
+  combined = aggregation.pcgrad_sum(tf.constant(gradients), tf.constant(3, tf.int64))
   np.testing.assert_allclose(combined.numpy(), expected, rtol=1e-6)
 
 
@@ -237,8 +238,8 @@ def test_pcgrad_step_equals_a_hand_computed_projected_update(make_trainer):
   # Two heads with the same output layer and opposite targets: their trunk
   # gradients conflict, so the projection changes the update.
   head_list = [heads.RegressionHead("up", 1), heads.RegressionHead("down", 1)]
-  trainer = make_trainer(head_list=head_list, optimizer=keras.optimizers.SGD(0.1), pcgrad=True,
-                         steps_per_loop=1, head_diagnostics=False)
+  trainer = make_trainer(head_list=head_list, optimizer=keras.optimizers.SGD(0.1),
+                         aggregation="pcgrad", steps_per_loop=1, head_diagnostics=False)
   x, _ = engine.data.synthetic_arrays("train", 32)
   target = 3.0 + x[:, :1]
   labels = {"up": target, "down": -target}
@@ -256,7 +257,7 @@ def test_pcgrad_step_equals_a_hand_computed_projected_update(make_trainer):
   g0, g1 = per_head
   dot = g0 @ g1
   assert dot < 0
-  projected = g0 - dot / (g1 @ g1) * g1 + g1 - dot / (g0 @ g0) * g0
+  projected = (g0 - dot / (g1 @ g1) * g1 + g1 - dot / (g0 @ g0) * g0) / 2  # Their mean.
   trainer.train(tf.data.Dataset.from_tensors((x, labels)).repeat(), steps=1)
   after = np.concatenate([v.numpy().ravel() for v in trunk_variables])
   np.testing.assert_allclose(after, before - 0.1 * projected, rtol=1e-4, atol=1e-6)
@@ -326,10 +327,10 @@ def test_diagnostics_equal_hand_computed_head_gradients(make_trainer):
 
 def test_pcgrad_order_is_random_per_step_and_the_same_under_xla():
   gradients = tf.constant(np.random.RandomState(0).normal(size=(4, 30)), tf.float32)
-  compiled = tf.function(weighting.pcgrad, jit_compile=True)
+  compiled = tf.function(aggregation.pcgrad_sum, jit_compile=True)
   results = []
   for step in range(6):
-    eager = weighting.pcgrad(gradients, tf.constant(step, tf.int64)).numpy()
+    eager = aggregation.pcgrad_sum(gradients, tf.constant(step, tf.int64)).numpy()
     np.testing.assert_allclose(compiled(gradients, tf.constant(step, tf.int64)).numpy(), eager,
                                rtol=1e-5, atol=1e-6)
     results.append(eager)
