@@ -6,8 +6,8 @@ classes), large_vocab (size = vocabulary; labels per token) and regression
 (size = units). Heads with more options are built in Python.
 
 The loss weighting is chosen for all heads at once (`weighting`): "static"
-(the weights in the text, or a schedule per head), "uncertainty", "gradnorm"
-or "dwa". Schedules are texts too: `linear:START:END:RAMP_STEPS[:WARMUP]` or
+(the weights in the text, or a schedule per head), "uncertainty", "gradnorm",
+"dwa", "famo" or "rlw" (random weights). Schedules are texts too: `linear:START:END:RAMP_STEPS[:WARMUP]` or
 `piecewise:B1/B2/...:V0/V1/V2/...`.
 """
 
@@ -18,7 +18,7 @@ from heads import softmax
 from heads import sparse
 from heads import weighting as weighting_lib
 
-WEIGHTINGS = ("static", "uncertainty", "gradnorm", "dwa")
+WEIGHTINGS = ("static", "uncertainty", "gradnorm", "dwa", "famo", "rlw")
 
 _KINDS = {
     "softmax": softmax.SoftmaxHead,
@@ -41,7 +41,8 @@ def parse_heads(text: str, flag: str = "--heads", weighting: str = "static",
     raise ValueError(f"weighting: expected one of {WEIGHTINGS}; received {weighting!r}.")
   schedules = dict(schedules or {})
   shared = {"gradnorm": lambda: weighting_lib.GradNorm(alpha=gradnorm_alpha),
-            "dwa": lambda: weighting_lib.DWA(temperature=dwa_temperature, period=dwa_period)}
+            "dwa": lambda: weighting_lib.DWA(temperature=dwa_temperature, period=dwa_period),
+            "famo": weighting_lib.FAMO, "rlw": weighting_lib.RandomWeights}
   shared = shared[weighting]() if weighting in shared else None
   result = []
   for item in [part.strip() for part in text.split(",") if part.strip()]:

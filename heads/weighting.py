@@ -13,7 +13,8 @@ engine calls, inside the compiled step:
 
 `GradNorm` and `DWA` balance heads against each other: pass the same object
 as the `weight` of every head it balances. `Uncertainty` is per head.
-Gradient aggregation (PCGrad, MGDA, UPGrad, ...) changes how gradients are
+FAMO and RandomWeights (RLW) are weightings too, shared by the heads they
+balance. Gradient aggregation (PCGrad, MGDA, UPGrad, ...) changes how gradients are
 combined, not weights: it is `Config.aggregation` (`engine/aggregation.py`).
 
 Every weighting is a float32 Keras layer, so its variables are tracked,
@@ -157,6 +158,13 @@ class Uncertainty(Weighting):
     return {"log_variance": tf.convert_to_tensor(self.log_variance)}
 
 
+def _add_head_state(weighting, state, head_name, initializer="zeros"):
+  """A float32 scalar `<state>_<head>`, the same on every replica (set from reduced values)."""
+  setattr(weighting, f"{state}_{head_name}", weighting.add_weight(
+      shape=(), initializer=initializer, trainable=False, name=f"{state}_{head_name}",
+      dtype="float32", aggregation="only_first_replica"))
+
+
 class _SharedWeights(Weighting):
   """A weight variable per bound head, renormalised to sum to the number of heads."""
 
@@ -167,10 +175,7 @@ class _SharedWeights(Weighting):
     self._add_state("weight", head.name, "ones")
 
   def _add_state(self, state, head_name, initializer="zeros"):
-    """A float32 scalar `<state>_<head>`, the same on every replica (set from reduced values)."""
-    setattr(self, f"{state}_{head_name}", self.add_weight(
-        shape=(), initializer=initializer, trainable=False, name=f"{state}_{head_name}",
-        dtype="float32", aggregation="only_first_replica"))
+    _add_head_state(self, state, head_name, initializer)
 
   def weight_variable(self, head_name):
     return getattr(self, f"weight_{head_name}")
@@ -284,3 +289,101 @@ class DWA(_SharedWeights):
                 (getattr(self, f"last_mean_{name}"), new_last[i]),
                 (getattr(self, f"previous_mean_{name}"), new_previous[i])]
     return pairs
+
+
+class RandomWeights(Weighting):
+  """Random loss weighting, RLW (Lin et al., TMLR 2022): fresh weights every step.
+
+  w = softmax(e), e ~ N(0, I) over the heads it is shared by, drawn from
+  (seed, step) with TensorFlow's stateless normal, so every replica and a
+  resumed run draw the same. The weights sum to 1, as in the paper and
+  LibMTL (equal static weights of 1 sum to the number of heads).
+  """
+
+  def __init__(self, seed: int = 0, **kwargs):
+    super().__init__(**kwargs)
+    self.seed = int(seed)
+
+  def weights(self, step):
+    noise = tf.random.stateless_normal(
+        [len(self.head_names)], seed=tf.stack([tf.constant(self.seed, tf.int64),
+                                               tf.cast(step, tf.int64)]))
+    return tf.nn.softmax(noise)
+
+  def weight(self, head_name, step):
+    return self.weights(step)[self.head_names.index(head_name)]
+
+
+class FAMO(Weighting):
+  """Fast Adaptive Multitask Optimization (Liu et al., NeurIPS 2023), O(1) per step.
+
+  Logits xi give z = softmax(xi); the model follows the gradient of
+  sum_i z_i log(L_i) / c, c = sum_j z_j / L_j, i.e. loss weights
+  w_i = z_i / (c L_i), which make every head's loss fall at the rate z asks
+  for. After each step, xi takes an Adam step (learning rate
+  `learning_rate`, decoupled decay `decay`, the paper's 0.025 and 0.001) on
+  J_z^T delta, delta_i = log L_i(before) - log L_i(after). O(1): the losses
+  are those the steps compute anyway, so "before" and "after" are two
+  consecutive batches (the authors' code measures both on one batch, with a
+  second forward pass), and the weights of a step use the previous step's
+  losses (1 at the first step).
+  """
+
+  def __init__(self, learning_rate: float = 0.025, decay: float = 0.001, **kwargs):
+    if not learning_rate > 0 or decay < 0:
+      raise ValueError(f"FAMO needs learning_rate > 0 and decay >= 0; received "
+                       f"learning_rate={learning_rate!r}, decay={decay!r}.")
+    super().__init__(**kwargs)
+    self.learning_rate, self.decay = float(learning_rate), float(decay)
+
+  stateful = True
+
+  def bind(self, head):
+    super().bind(head)
+    for state, initializer in (("logit", "zeros"), ("previous_loss", "ones"),
+                               ("first_moment", "zeros"), ("second_moment", "zeros")):
+      _add_head_state(self, state, head.name, initializer)
+    if len(self.head_names) == 1:
+      self._steps = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                    name="updates", dtype="float32",
+                                    aggregation="only_first_replica")
+
+  def _state(self, state):
+    return tf.stack([tf.convert_to_tensor(getattr(self, f"{state}_{n}"))
+                     for n in self.head_names])
+
+  def weights(self):
+    """w_i = z_i / (c L_i), c = sum_j z_j / L_j, with the previous step's losses: 1/K
+    each at the first step."""
+    z = tf.nn.softmax(self._state("logit"))
+    loss = self._state("previous_loss")
+    return z / (tf.reduce_sum(z / loss) * loss)
+
+  def weight(self, head_name, step):
+    del step
+    return self.weights()[self.head_names.index(head_name)]
+
+  def updates(self, losses, gradient_norms, step):
+    del gradient_norms, step
+    names = self.head_names
+    loss = tf.maximum(tf.stack([tf.cast(losses[n], tf.float32) for n in names]), 1e-8)
+    previous, logits = self._state("previous_loss"), self._state("logit")
+    z = tf.nn.softmax(logits)
+    delta = tf.math.log(previous) - tf.math.log(loss)
+    gradient = z * delta - z * tf.reduce_sum(z * delta)  # J_softmax^T delta.
+    count = tf.convert_to_tensor(self._steps) + 1.0
+    first = 0.9 * self._state("first_moment") + 0.1 * gradient
+    second = 0.999 * self._state("second_moment") + 0.001 * gradient * gradient
+    adam = (first / (1 - 0.9 ** count)) / (tf.sqrt(second / (1 - 0.999 ** count)) + 1e-8)
+    new_logits = logits - self.learning_rate * (adam + self.decay * logits)
+    pairs = [(self._steps, count)]
+    for i, name in enumerate(names):
+      pairs += [(getattr(self, f"logit_{name}"), new_logits[i]),
+                (getattr(self, f"previous_loss_{name}"), loss[i]),
+                (getattr(self, f"first_moment_{name}"), first[i]),
+                (getattr(self, f"second_moment_{name}"), second[i])]
+    return pairs
+
+  def summaries(self, head_name) -> dict:
+    z = tf.nn.softmax(self._state("logit"))
+    return {"famo_z": z[self.head_names.index(head_name)]}
