@@ -37,10 +37,11 @@ Scales (BUILD.md has the derivations and the closed forms the tests use):
   (with LibMTL's rank tolerance: in float32, singular values below ~3e-4
   of the largest count as zero).
 
-Solver tolerances (tested in tests/test_aggregation.py): MGDA and CAGrad run
-`SIMPLEX_ITERATIONS` accelerated projected-gradient steps; UPGrad is exact
-(every active set) up to `EXACT_UPGRAD_HEADS` heads, else `UPGRAD_SWEEPS`
-sweeps of exact coordinate descent; Nash-MTL `NASH_STEPS`
+Solver tolerances (tested in tests/test_aggregation.py): MGDA and UPGrad are
+exact (every active set, one batched solve) up to `EXACT_HEADS` heads, else
+`SIMPLEX_ITERATIONS` accelerated projected-gradient steps (MGDA) or
+`UPGRAD_SWEEPS` sweeps of exact coordinate descent (UPGrad); CAGrad runs
+`SIMPLEX_ITERATIONS` accelerated projected-gradient steps; Nash-MTL `NASH_STEPS`
 damped Newton steps; on the tests' matrices their weights are within 1e-4
 of the closed forms and the dual-cone conditions hold to 1e-4 max |g_i|^2
 (float32 on a unit-trace Gram matrix; with more heads than dimensions it
@@ -50,9 +51,9 @@ is singular, and that is the error seen).
 import tensorflow as tf
 
 METHODS = ("mean", "pcgrad", "mgda", "upgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl")
-SIMPLEX_ITERATIONS = 1000
+SIMPLEX_ITERATIONS = 300
 UPGRAD_SWEEPS = 200
-EXACT_UPGRAD_HEADS = 8  # 2^8 active sets per head, each a K x K solve.
+EXACT_HEADS = 8  # MGDA and UPGrad enumerate 2^K active sets, each a K x K solve.
 NASH_STEPS = 50
 _TINY = 1e-12
 
@@ -143,17 +144,44 @@ def _mean_weights(gram):
 
 
 def _mgda_weights(gram):
-  scaled, _ = _unit_trace(gram)  # Its largest eigenvalue is at most its trace, 1.
-  return _simplex_minimum(lambda a: tf.linalg.matvec(scaled, a), tf.shape(gram)[0],
-                          lambda a: 1.0)
+  """argmin over the simplex of a^T M a: exact by supports up to `EXACT_HEADS` heads."""
+  scaled, _ = _unit_trace(gram)
+  count = gram.shape[0]
+  if count > EXACT_HEADS:  # Its largest eigenvalue is at most its trace, 1.
+    return _simplex_minimum(lambda a: tf.linalg.matvec(scaled, a), count, lambda a: 1.0)
+  # Every support S at once: M_S a_S = lambda 1, sum a = 1, a = 0 off S; the answer is
+  # the feasible one (a >= 0, (M a)_j >= lambda off S: the KKT conditions) of least value.
+  masks = _masks(count)[1:]  # [S, K]; not the empty support.
+  free = masks[:, :, tf.newaxis] > 0
+  rows = tf.where(free, scaled[tf.newaxis], tf.eye(count)[tf.newaxis])
+  rows = tf.concat([rows, -masks[:, :, tf.newaxis]], axis=2)  # -lambda on the support.
+  last = tf.broadcast_to(tf.concat([tf.ones([count]), [0.0]], 0)[tf.newaxis, tf.newaxis],
+                         [masks.shape[0], 1, count + 1])
+  systems = tf.concat([rows, last], axis=1) + 1e-6 * tf.eye(count + 1)
+  targets = tf.concat([tf.zeros([masks.shape[0], count]), tf.ones([masks.shape[0], 1])], 1)
+  solutions = tf.linalg.solve(systems, targets[..., tf.newaxis])[..., 0]
+  a, multiplier = solutions[:, :count], solutions[:, count:]
+  gradient = tf.linalg.matvec(scaled, a)
+  tolerance = 1e-5
+  feasible = tf.reduce_all(a >= -tolerance, axis=1) & tf.reduce_all(
+      (masks > 0) | (gradient >= multiplier - tolerance), axis=1)
+  values = tf.reduce_sum(a * gradient, axis=1)
+  best = tf.argmin(tf.where(feasible, values, float("inf")))
+  return tf.maximum(tf.gather(a, best), 0.0)
+
+
+def _masks(count):
+  """[2^K, K] float32: every subset of the heads, as 0/1 rows."""
+  return tf.constant([[(m >> j) & 1 for j in range(count)] for m in range(2 ** count)],
+                     tf.float32)
 
 
 def _upgrad_weights(gram):
-  """mean_i argmin_{w >= e_i} w^T M w: exact by active sets up to `EXACT_UPGRAD_HEADS` heads,
+  """mean_i argmin_{w >= e_i} w^T M w: exact by active sets up to `EXACT_HEADS` heads,
   else by cyclic exact coordinate descent (`UPGRAD_SWEEPS` sweeps)."""
   scaled, _ = _unit_trace(gram)
   count = gram.shape[0]
-  if count <= EXACT_UPGRAD_HEADS:
+  if count <= EXACT_HEADS:
     return tf.reduce_mean(_lower_bounded_minimum(scaled, tf.eye(count)), axis=0)
   bounds = tf.eye(count)
   diagonal = tf.linalg.diag_part(scaled)
@@ -180,8 +208,7 @@ def _lower_bounded_minimum(gram, lower):
   solutions fail the checks or cost more.
   """
   count = gram.shape[0]
-  masks = tf.constant([[(m >> j) & 1 for j in range(count)] for m in range(2 ** count)],
-                      tf.float32)  # [S, K], 1: free.
+  masks = _masks(count)  # [S, K], 1: free.
   free = masks[:, :, tf.newaxis] > 0  # [S, K, 1]
   systems = tf.where(free, gram[tf.newaxis], tf.eye(count)[tf.newaxis])  # [S, K, K]
   systems += 1e-6 * tf.eye(count)

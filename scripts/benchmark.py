@@ -5,6 +5,7 @@ then memory and time of the fused large-vocabulary head against the plain one.
   python scripts/benchmark.py --quick         # a few steps, first calls in-process: checks
                                               # that it works (the tests run this)
   python scripts/benchmark.py --precision=mixed_float16   # on a GPU
+  python scripts/benchmark.py --multitask     # every multi-task method side by side
 
 Prints, per model, steps/s per runner and the engine's ratio to each,
 GFLOP/s, each runner's first call (in a fresh process: building, tracing,
@@ -26,6 +27,7 @@ from absl import flags
 from absl import logging
 
 from benchmarks import large_vocab  # pylint: disable=wrong-import-position
+from benchmarks import multitask
 from benchmarks import throughput
 
 _QUICK = flags.DEFINE_boolean("quick", False, "A few steps and one repetition (for tests).")
@@ -47,6 +49,11 @@ _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 65_536, "Large-vocabulary class
 _TOKENS = flags.DEFINE_integer("tokens", 2_048, "Large-vocabulary tokens per step.",
                                lower_bound=1)
 _WIDTH = flags.DEFINE_integer("width", 256, "Large-vocabulary feature width.", lower_bound=1)
+_MULTITASK = flags.DEFINE_boolean(
+    "multitask", False, "Instead: every aggregation and weighting on the demo and on a "
+    "conflicting task set, several seeds (benchmarks/multitask.py).")
+_METHODS = flags.DEFINE_multi_enum("methods", list(multitask.METHODS), multitask.METHODS,
+                                   "With --multitask: the methods ('sum' is the baseline).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Tokens per chunk of the fused head; "
                                    "unset: the head's default.", lower_bound=1)
 
@@ -55,6 +62,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # The engine's progress lines are not the output.
+  if _MULTITASK.value:
+    methods = ["sum"] + [m for m in dict.fromkeys(_METHODS.value) if m != "sum"]
+    print(multitask.main(methods, quick=_QUICK.value))
+    return
   steps, repetitions = (100, 1) if _QUICK.value else (_STEPS.value, _REPETITIONS.value)
   if _THROUGHPUT.value:
     peak = throughput.matmul_gflops(repeats=2 if _QUICK.value else 10)

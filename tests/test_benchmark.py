@@ -6,6 +6,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
+from benchmarks import multitask
 from benchmarks import throughput
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +57,28 @@ def test_quick_benchmark_prints_every_runner_and_both_large_vocabulary_heads():
   assert all(seconds > 0 and megabytes > 0 for seconds, megabytes, _ in heads.values())
   assert heads["fused"][2] == heads["plain"][2]  # The same first loss.
   assert re.search(r"fused/plain: time [\d.]+x, peak memory [\d.]+x", result.stdout)
+
+
+def test_the_multitask_benchmark_prints_each_method_with_delta_m_and_step_time():
+  result = subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", "benchmark.py"),
+                           "--multitask", "--quick", "--methods=mgda", "--methods=famo"],
+                          capture_output=True, text=True, timeout=600, cwd=_ROOT, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for task, heads in (("demo", "digit/accuracy  parity/accuracy  box/mae"),
+                      ("conflict", "near/mae  far/mae")):
+    assert re.search(rf"^task: {task} \(1 seeds\)\nmethod +{heads} +delta_m% +\+- +"
+                     r"step_time/sum$", result.stdout, re.MULTILINE), result.stdout
+  rows = re.findall(r"^(sum|mgda|famo) +([-\d. +]+)$", result.stdout, re.MULTILINE)
+  assert [method for method, _ in rows] == ["sum", "mgda", "famo"] * 2, result.stdout
+  for method, values in rows:
+    numbers = [float(v) for v in values.split()]
+    assert all(np.isfinite(numbers)) and numbers[-1] > 0
+    if method == "sum":  # The baseline against itself.
+      assert numbers[-3:] == [0.0, 0.0, 1.0]
+
+
+def test_delta_m_counts_improvements_as_positive_whatever_the_direction():
+  baseline = np.array([[0.8, 2.0]])  # accuracy (higher better), mae (lower better)
+  better = np.array([[0.88, 1.0], [0.8, 2.0]])
+  deltas = multitask.delta_m(better, baseline, ["a/accuracy", "b/mae"])
+  np.testing.assert_allclose(deltas, [100 * (0.1 + 0.5) / 2, 0.0])
