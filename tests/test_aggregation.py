@@ -205,3 +205,20 @@ def test_the_config_checks_the_aggregation_and_its_options():
   with pytest.raises(ValueError, match=r"aggregation_options: aggregation='mgda' takes no "
                                        r"options; received \['c'\]"):
     engine.Config(model_dir="x", aggregation="mgda", aggregation_options="c=0.5")
+
+
+def test_accumulated_micro_batches_aggregate_like_the_whole_batch(make_trainer, tmp_path):
+  # The per-head gradients are summed over micro-batches before the aggregation.
+  trainers = [make_trainer(model_dir=tmp_path / f"accumulate{steps}",
+                           head_list=_conflicting_heads()[:2], aggregation="mgda",
+                           optimizer=keras.optimizers.SGD(0.01), accumulation_steps=steps,
+                           steps_per_loop=2) for steps in (1, 2)]
+  for trainer in trainers:
+    trainer.build(tf.TensorSpec([16, engine.data.NUM_FEATURES], tf.float32))
+  for a, b in zip(trainers[0].model.variables, trainers[1].model.variables):
+    b.assign(a.numpy())
+  data = _conflicting_data(classes=False).unbatch().batch(16, drop_remainder=True).repeat()
+  for trainer in trainers:
+    trainer.train(data, steps=2)
+  for a, b in zip(trainers[0].model.variables, trainers[1].model.variables):
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
