@@ -47,12 +47,17 @@ CASES = {
 }
 
 
+_FUNCTIONS = {}
+
+
 def _aggregate(method, matrix, jit=False):
-  options = {"seed": tf.constant(3, tf.int64)} if method == "pcgrad" else {}
-  function = tf.function(lambda m: aggregation.aggregate(method, m, **options),
-                         jit_compile=True) if jit else (
-                             lambda m: aggregation.aggregate(method, m, **options))
-  return function(tf.constant(matrix, tf.float32)).numpy()
+  """In a tf.function, as the train step runs it (eager while-loops run in Python: slow);
+  with `jit`, compiled by XLA."""
+  if (method, jit) not in _FUNCTIONS:
+    options = {"seed": tf.constant(3, tf.int64)} if method == "pcgrad" else {}
+    _FUNCTIONS[method, jit] = tf.function(
+        lambda m: aggregation.aggregate(method, m, **options), jit_compile=jit)
+  return _FUNCTIONS[method, jit](tf.constant(matrix, tf.float32)).numpy()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -133,7 +138,8 @@ def test_every_method_compiles_under_xla_and_matches_eager():
 def test_weights_reproduce_the_direction_and_bad_names_are_refused():
   matrix = _conflicting(5, 3, 4)
   for method in set(aggregation.METHODS) - {"pcgrad"}:
-    weights = aggregation.weights(method, tf.constant(matrix, tf.float32)).numpy()
+    weights = tf.function(lambda m, method=method: aggregation.weights(method, m))(
+        tf.constant(matrix, tf.float32)).numpy()
     np.testing.assert_allclose(weights @ matrix, _aggregate(method, matrix), rtol=1e-4,
                                atol=1e-5, err_msg=method)
   with pytest.raises(ValueError, match=r"aggregation must be one of \('mean', 'pcgrad'"):
