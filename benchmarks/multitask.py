@@ -125,9 +125,9 @@ def report(results) -> str:
   return "\n".join(lines)
 
 
-def main(methods=METHODS, quick=False):
+def main(methods=METHODS, quick=False, seeds=3, steps=400):
   start = time.perf_counter()
   options = (dict(seeds=(0,), steps=20, steps_per_loop=10, jit_compile=False) if quick
-             else {})
+             else dict(seeds=tuple(range(seeds)), steps=steps, steps_per_loop=min(100, steps)))
   results = run(methods=methods, **options)
   return report(results) + f"\n({time.perf_counter() - start:.0f} s)"

@@ -52,6 +52,10 @@ _WIDTH = flags.DEFINE_integer("width", 256, "Large-vocabulary feature width.", l
 _MULTITASK = flags.DEFINE_boolean(
     "multitask", False, "Instead: every aggregation and weighting on the demo and on a "
     "conflicting task set, several seeds (benchmarks/multitask.py).")
+_MULTITASK_SEEDS = flags.DEFINE_integer("multitask_seeds", 3, "With --multitask: seeds per "
+                                        "method and task set.", lower_bound=1)
+_MULTITASK_STEPS = flags.DEFINE_integer("multitask_steps", 400, "With --multitask: training "
+                                        "steps per run.", lower_bound=2)
 _METHODS = flags.DEFINE_multi_enum("methods", list(multitask.METHODS), multitask.METHODS,
                                    "With --multitask: the methods ('sum' is the baseline).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Tokens per chunk of the fused head; "
@@ -64,7 +68,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # The engine's progress lines are not the output.
   if _MULTITASK.value:
     methods = ["sum"] + [m for m in dict.fromkeys(_METHODS.value) if m != "sum"]
-    print(multitask.main(methods, quick=_QUICK.value))
+    print(multitask.main(methods, quick=_QUICK.value, seeds=_MULTITASK_SEEDS.value,
+                         steps=_MULTITASK_STEPS.value))
     return
   steps, repetitions = (100, 1) if _QUICK.value else (_STEPS.value, _REPETITIONS.value)
   if _THROUGHPUT.value:
