@@ -219,6 +219,14 @@ class Head(keras.layers.Layer):
     return tf.where(present, labels, tf.zeros_like(labels))
 
 
+def add_calibration_map(head, size: int):
+  """(scale, bias): float32 [size] variables of `head`, the identity map (1, 0) until post-hoc
+  calibration (engine.calibration) sets them; saved with the head, applied by `predict`."""
+  return tuple(head.add_weight(shape=(size,), initializer=initializer, trainable=False,
+                               name=f"calibration_{name}", dtype="float32")
+               for name, initializer in (("scale", "ones"), ("bias", "zeros")))
+
+
 def metric_results(metrics) -> dict:
   """{name: value} of Keras metrics, a dict result's entries under their own names."""
   results = {}

@@ -52,12 +52,7 @@ class SigmoidHead(base.Head):
     self.threshold = float(threshold)
     self.logits_layer = keras.layers.Dense(num_classes, name="logits")
     # Platt scaling per label (engine.calibration): sigmoid(scale * z + bias).
-    self.calibration_scale = self.add_weight(shape=(num_classes,), initializer="ones",
-                                             trainable=False, name="calibration_scale",
-                                             dtype="float32")
-    self.calibration_bias = self.add_weight(shape=(num_classes,), initializer="zeros",
-                                            trainable=False, name="calibration_bias",
-                                            dtype="float32")
+    self.calibration_scale, self.calibration_bias = base.add_calibration_map(self, num_classes)
     self.micro_f1 = keras.metrics.F1Score(average="micro", threshold=threshold, name="micro_f1")
     self.macro_f1 = keras.metrics.F1Score(average="macro", threshold=threshold, name="macro_f1")
     # Keras makes F1Score's variables at its first update; results (and metric

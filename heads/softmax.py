@@ -93,12 +93,7 @@ class SoftmaxHead(guard.DistributionHead):
         shape=(), initializer=keras.initializers.Constant(float(temperature)),
         trainable=False, name="temperature", dtype="float32")
     # Vector scaling (engine.calibration): a scale and a bias per class.
-    self.calibration_scale = self.add_weight(shape=(num_classes,), initializer="ones",
-                                             trainable=False, name="calibration_scale",
-                                             dtype="float32")
-    self.calibration_bias = self.add_weight(shape=(num_classes,), initializer="zeros",
-                                            trainable=False, name="calibration_bias",
-                                            dtype="float32")
+    self.calibration_scale, self.calibration_bias = base.add_calibration_map(self, num_classes)
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     self.top_k = (keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"top{top_k}_accuracy")
                   if top_k < num_classes else None)

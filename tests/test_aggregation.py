@@ -100,7 +100,8 @@ def _conflicting(seed, heads, dims):
   return matrix * rng.uniform(0.1, 10.0, size=(heads, 1))
 
 
-@pytest.mark.parametrize("heads,dims", [(3, 6), (5, 6), (4, 2)])  # (4, 2): more than dims.
+@pytest.mark.parametrize("heads,dims", [(3, 6), (5, 6), (4, 2), (10, 12)])  # (4, 2): more than
+# dims; (10, 12): beyond EXACT_HEADS, the iterative solvers.
 def test_upgrad_and_mgda_never_oppose_a_head(heads, dims):
   for seed in range(3):
     matrix = _conflicting(seed, heads, dims)
