@@ -221,8 +221,9 @@ class Trainer:
       raise ValueError("The evaluation dataset is empty: it produced no batch.")
     results = report["results"]
     self.summaries.write_scalars("eval", results, self.step)
-    with self.summaries.as_default("eval", self.step):
-      self.pictures.write(report["reliability"])
+    if self.config.eval_pictures:
+      with self.summaries.as_default("eval", self.step):
+        self.pictures.write(report["reliability"])
     progress.show(progress.eval_line(self.step, results))
     return results
 

@@ -1,9 +1,23 @@
 """Shared test set-up: quiet TensorFlow, parsed absl flags, small trainers."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the whole run: the pytest process that loads
+# this first (xdist's controller, or the only one) makes it; workers and the scripts the
+# tests start inherit it through the environment. Many tests run the same script with the
+# same flags, which compiles the same programs; from the cache they load in milliseconds
+# instead of compiling for seconds. Tracing still runs, so trace counts are unchanged,
+# and a hit is the same HLO, so results are too. Removed at the end by its maker.
+_OWNS_XLA_CACHE = "ENGINE_TESTS_XLA_CACHE" not in os.environ
+if _OWNS_XLA_CACHE:
+  os.environ["ENGINE_TESTS_XLA_CACHE"] = tempfile.mkdtemp(prefix="engine-tests-xla-")
+  os.environ["TF_XLA_FLAGS"] = " ".join(filter(None, [
+      os.environ.get("TF_XLA_FLAGS"),
+      f"--tf_xla_persistent_cache_directory={os.environ['ENGINE_TESTS_XLA_CACHE']}"]))
 if os.environ.get("PYTEST_XDIST_WORKER"):
   # Two workers on two cores: one intra-op thread each (and in the scripts they run),
   # or TensorFlow's spinning thread pools oversubscribe the cores (measured: a third
@@ -45,6 +59,9 @@ def make_trainer(tmp_path):
     # it (and the head conformance, distribution, precision and script tests
     # run under it).
     config.setdefault("jit_compile", False)
+    # Drawing an evaluation's figures costs more than the evaluation of these small
+    # models; the picture and summary tests ask for them.
+    config.setdefault("eval_pictures", False)
     return engine.Trainer(
         trunk=trunk or small_trunk(),
         heads=head_list or heads.parse_heads(engine.data.DEMO_HEADS),
@@ -110,6 +127,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
   del session
   early_runs.cleanup()
+  if _OWNS_XLA_CACHE:
+    shutil.rmtree(os.environ["ENGINE_TESTS_XLA_CACHE"], ignore_errors=True)
   _EXIT_STATUS.append(int(exitstatus))
 
 

@@ -121,7 +121,8 @@ def test_the_reliability_figure_draws_accuracy_the_gap_the_counts_and_the_ece():
   assert image.shape == (1, 640, 640, 3)
 
 
-def test_a_sigmoid_head_gets_a_reliability_diagram_over_all_labels(make_trainer, monkeypatch):
+def test_a_sigmoid_head_gets_a_reliability_diagram_over_all_labels(make_trainer, monkeypatch,
+                                                                   tmp_path):
   drawn = []
   draw = figures.reliability_figure
   monkeypatch.setattr(figures, "reliability_figure",
@@ -130,7 +131,8 @@ def test_a_sigmoid_head_gets_a_reliability_diagram_over_all_labels(make_trainer,
   features = rng.normal(size=(64, 8)).astype(np.float32)
   labels = (features[:, :3] > 0).astype(np.float32)
   head = heads.SigmoidHead("tags", 3, class_names=["a", "b", "c"])
-  trainer = make_trainer(head_list=[head])
+  head_copy = heads.SigmoidHead("tags", 3, class_names=["a", "b", "c"])
+  trainer = make_trainer(head_list=[head], eval_pictures=True)
   data = tf.data.Dataset.from_tensor_slices((features, {"tags": labels})).batch(32)
   trainer.train(data.repeat(), steps=5)
   trainer.evaluate(data)
@@ -148,6 +150,16 @@ def test_a_sigmoid_head_gets_a_reliability_diagram_over_all_labels(make_trainer,
   assert options == {"binary": True}
   assert ece == pytest.approx(events.final_scalars(trainer.config.model_dir)["tags/ece"],
                               rel=1e-5)
+  # eval_pictures=False: the same evaluation writes its scalars and no picture.
+  quiet = make_trainer(model_dir=tmp_path / "quiet", head_list=[head_copy], eval_pictures=False)
+  quiet.train(data.repeat(), steps=5)
+  quiet.evaluate(data)
+  quiet_tags = event_accumulator.EventAccumulator(
+      os.path.join(quiet.config.model_dir, "eval"), size_guidance={"tensors": 0})
+  quiet_tags.Reload()
+  assert "tags/ece" in quiet_tags.Tags()["tensors"]
+  assert not [tag for tag in quiet_tags.Tags()["tensors"] if tag.endswith(
+      ("reliability_diagram", "confusion_matrix"))], quiet_tags.Tags()["tensors"]
 
 
 def test_histograms_count_every_evaluated_example(eval_events):
