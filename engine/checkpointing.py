@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from engine import checkpoint_names
 from engine import checkpoint_restore
+from engine import iterators
 
 # What a truncated or missing file raises while reading ("Read less bytes than requested").
 DAMAGE = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
@@ -169,6 +170,9 @@ class Checkpoints:
       if not self._position_restored(iterator):
         iterator = new()  # A failed restore may leave the iterator half set.
       self.checkpoint.train_iterator = iterator
+    if self._train_input is not None:  # The old iterator is destroyed off this thread.
+      holder, self._train_input = [self._train_input[1]], None
+      iterators.release(holder)
     self._train_input = (dataset, iterator)
     return iterator
 

@@ -25,6 +25,7 @@ from engine import checkpointing
 from engine import distribution
 from engine import export as export_lib
 from engine import halting as halting_lib
+from engine import iterators
 from engine import loop as loop_lib
 from engine import measurements as measurements_lib
 from engine import model as model_lib
@@ -208,13 +209,11 @@ class Trainer:
     over every evaluated example (and replica), not as a mean of batch means.
     """
     steps = self.config.eval_steps if steps is None else steps
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-      raise ValueError(f"evaluate steps must be an integer >= 1 or None; received {steps!r}.")
-    features_spec, _, _ = validation.check_element_spec(dataset.element_spec, self.heads)
-    self.build(features_spec)
+    self.build(validation.check_eval_arguments(dataset, steps, self.heads))
     self.reset_measurements(guard=False)
-    evaluated = self.loops.evaluate(iter(self.strategy.experimental_distribute_dataset(dataset)),
-                                     steps, self.config.steps_per_loop)
+    holder = [iter(self.strategy.experimental_distribute_dataset(dataset))]
+    evaluated = self.loops.evaluate(holder[0], steps, self.config.steps_per_loop)
+    iterators.release(holder)  # Destroying it may wait on tf.data's autotuner.
     report = reporting.to_numpy(self.read_report(full=True))
     reporting.raise_if_halted(self, report, dataset.element_spec[1], evaluation=True)
     if evaluated == 0:

@@ -52,6 +52,14 @@ def check_train_arguments(dataset, steps, eval_dataset, heads, best_metric):
   return features_spec
 
 
+def check_eval_arguments(dataset, steps, heads):
+  """`Trainer.evaluate`'s arguments (`steps`: None, all batches, or a count); the
+  features' spec."""
+  if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    raise ValueError(f"evaluate steps must be an integer >= 1 or None; received {steps!r}.")
+  return check_element_spec(dataset.element_spec, heads)[0]
+
+
 def _check_keys(what, spec, names, require_all):
   if not isinstance(spec, dict):
     raise ValueError(
