@@ -6,7 +6,9 @@ Run by tests/test_readme.py in the background (an early run), not by pytest.
 WORK_DIR plays a fresh clone: `scripts` and `.venv` link to this checkout's,
 so each command runs as written, relative paths and all. Training commands
 other than the demo's (`runs/demo`, which the later commands read) get a
-few steps (`FEW_STEPS` appended); `make` and the TensorBoard server are not
+few steps (`FEW_STEPS` appended; and `--nohead_diagnostics`, a second
+program to trace, unless the command sets `--aggregation`, whose test reads
+the diagnostics); `make` and the TensorBoard server are not
 run (`SKIPPED`): `make test` is this suite and `make demo` is the demo's
 command.
 """
@@ -65,7 +67,8 @@ def run_all(work_dir: str) -> list:
       outcomes.append({"command": command, "returncode": None, "output": "skipped"})
       continue
     if "scripts/train.py" in command and "--model_dir=runs/demo " not in command + " ":
-      command = " ".join([command, *FEW_STEPS])
+      command = " ".join([command, *FEW_STEPS,
+                          *([] if "--aggregation" in command else ["--nohead_diagnostics"])])
     outcomes.append(_run(command, work_dir))
   snippet, = blocks("python")
   outcomes.append(_run(shlex.join([os.path.join(".venv", "bin", "python"), "-c", snippet]),

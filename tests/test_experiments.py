@@ -116,7 +116,7 @@ _USER_RUN = early_runs.register(
     lambda model_dir: [os.path.join(_ROOT, "scripts", "train.py"), f"--model_dir={model_dir}",
                        "--experiment=user_experiment:make", "--experiment_params=width=16",
                        "--train_steps=200", "--steps_per_loop=100", "--batch_size=32",
-                       "--nohead_diagnostics", "--learning_rate=0.01"],
+                       "--nohead_diagnostics", "--nojit_compile", "--learning_rate=0.01"],
     env=lambda model_dir: {"PYTHONPATH": _python_path(_module_dir(model_dir))})
 
 

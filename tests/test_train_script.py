@@ -47,7 +47,7 @@ def test_training_from_tfrecord_files_configured_by_a_flagfile(tmp_path):
       f"--model_dir={model_dir}", "--experiment=tfrecord",
       f"--experiment_params=train_data={tmp_path}/train*,eval_data={tmp_path}/eval*",
       "--train_steps=300", "--batch_size=64", "--checkpoint_every=150",
-      "--nohead_diagnostics"]))
+      "--nohead_diagnostics", "--nojit_compile"]))
   result = _run(f"--flagfile={flagfile}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert [os.path.basename(p) for p in tf.train.get_checkpoint_state(model_dir)
@@ -96,7 +96,7 @@ def test_bad_flags_are_named_in_the_error(bad_flag_errors, flag):
 def test_sigterm_saves_the_current_step_and_exits_42_then_the_rerun_resumes(tmp_path):
   model_dir = str(tmp_path / "model")
   flags = [f"--model_dir={model_dir}", "--steps_per_loop=50", "--checkpoint_every=100000",
-           "--eval_every=0", "--nohead_diagnostics"]
+           "--eval_every=0", "--nohead_diagnostics", "--nojit_compile"]
   process = subprocess.Popen([sys.executable, _SCRIPT, *flags, "--train_steps=1000000"],
                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                              cwd=_ROOT)
