@@ -59,7 +59,7 @@ def _data(task, split, batch_size):
   return engine.data.synthetic("eval", batch_size, num_examples=2048)
 
 
-def _trainer(task, method, seed, steps_per_loop, jit_compile):
+def _trainer(task, method, seed, steps_per_loop, jit_compile, model_dir):
   weighting = method if method in WEIGHTINGS else "static"
   head_list = heads_lib.parse_heads(task.heads, weighting=weighting)
   keras.utils.set_random_seed(seed)
@@ -67,7 +67,7 @@ def _trainer(task, method, seed, steps_per_loop, jit_compile):
                             for units in task.hidden])  # A one-unit layer: the bottleneck.
   return engine.Trainer(
       trunk=trunk, heads=head_list, optimizer=keras.optimizers.Adam(1e-2),
-      config=engine.Config(model_dir=tempfile.mkdtemp(prefix=f"mtl-{method}-"), seed=seed,
+      config=engine.Config(model_dir=model_dir, seed=seed,
                            steps_per_loop=steps_per_loop, jit_compile=jit_compile,
                            head_diagnostics=False,
                            aggregation=method if method in aggregation.METHODS else "sum"))
@@ -81,18 +81,20 @@ def run(methods=METHODS, tasks=TASKS, seeds=(0, 1, 2), steps=400, steps_per_loop
         batch_size=64, jit_compile=True):
   """{(task, method): {"metrics": [seeds, heads], "speed": [seeds], "heads": [...]}}."""
   results = {}
-  for task in tasks:
-    for method in methods:
-      metrics, speeds = [], []
-      for seed in seeds:
-        trainer = _trainer(task, method, seed, steps_per_loop, jit_compile)
-        trainer.train(_data(task, "train", batch_size), steps=steps)
-        speeds.append(trainer.last_train_scalars["steps_per_second"])
-        evaluated = trainer.evaluate(_data(task, "eval", batch_size))
-        metrics.append([_main_metric(evaluated, head) for head in trainer.heads])
-        names = [f"{head.name}/{head.main_metric}" for head in trainer.heads]
-      results[task.name, method] = {"metrics": np.array(metrics), "speed": np.array(speeds),
-                                    "heads": names}
+  with tempfile.TemporaryDirectory(prefix="multitask-") as root:  # The runs' model_dirs.
+    for task in tasks:
+      for method in methods:
+        metrics, speeds = [], []
+        for seed in seeds:
+          trainer = _trainer(task, method, seed, steps_per_loop, jit_compile,
+                             f"{root}/{task.name}-{method}-{seed}")
+          trainer.train(_data(task, "train", batch_size), steps=steps)
+          speeds.append(trainer.last_train_scalars["steps_per_second"])
+          evaluated = trainer.evaluate(_data(task, "eval", batch_size))
+          metrics.append([_main_metric(evaluated, head) for head in trainer.heads])
+          names = [f"{head.name}/{head.main_metric}" for head in trainer.heads]
+        results[task.name, method] = {"metrics": np.array(metrics), "speed": np.array(speeds),
+                                      "heads": names}
   return results
 
 

@@ -112,7 +112,7 @@ def trained_demo(tmp_path_factory):
       trunk=small_trunk(32), heads=heads.parse_heads(engine.data.DEMO_HEADS),
       optimizer=keras.optimizers.Adam(1e-2),
       config=engine.Config(model_dir=model_dir, steps_per_loop=50, seed=0,
-                           head_diagnostics=False))
+                           head_diagnostics=False, jit_compile=False))
   eval_data = engine.data.synthetic("eval", 64, num_examples=512)
   trainer.train(engine.data.synthetic("train", 64, num_examples=2048), steps=200,
                 eval_dataset=eval_data)

@@ -27,7 +27,10 @@ def summarised_run(tmp_path_factory):
   trainer = engine.Trainer(
       trunk=small_trunk(), heads=heads.parse_heads(engine.data.DEMO_HEADS),
       optimizer=keras.optimizers.Adam(1e-2),
-      config=engine.Config(model_dir=model_dir, steps_per_loop=5, eval_every=10, seed=0))
+      # Without XLA: the summaries are written on the host either way; compiling the
+      # train, diagnostic and eval programs was most of this fixture's time.
+      config=engine.Config(model_dir=model_dir, steps_per_loop=5, eval_every=10, seed=0,
+                           jit_compile=False))
   results = trainer.train(engine.data.synthetic("train", 32, num_examples=256), steps=20,
                           eval_dataset=engine.data.synthetic("eval", 64, num_examples=128))
   return model_dir, trainer, results
