@@ -18,6 +18,7 @@ handed back (`malloc_trim`) before the peak is reset.
 
 import ctypes
 import dataclasses
+import functools
 import multiprocessing
 import statistics
 import time
@@ -55,8 +56,8 @@ def _resident_kilobytes(field: str) -> int:
   raise RuntimeError(f"/proc/self/status has no {field}; this benchmark needs Linux.")
 
 
-def _measure(problem: Problem, fused: bool) -> Measurement:
-  """Runs in a fresh process: builds one head, compiles its step, times it."""
+def _measure(problem: Problem, fused: bool, shared_process: bool = False) -> Measurement:
+  """Builds one head, compiles its step, times it (in a fresh process, but with --quick)."""
   keras.utils.set_random_seed(0)
   rng = np.random.default_rng(0)
   features = tf.constant(rng.normal(size=(problem.tokens, problem.width)), tf.float32)
@@ -84,6 +85,8 @@ def _measure(problem: Problem, fused: bool) -> Measurement:
   first_loss = float(step(features)[0])  # Compiles.
   step(features)[0].numpy()
   ctypes.CDLL("libc.so.6").malloc_trim(0)
+  if shared_process:  # The trim may hand back what an earlier head left, below `built`.
+    built = min(built, _resident_kilobytes("VmRSS"))
   with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
     clear_refs.write("5")  # Resets the peak resident set (VmHWM) to the current one.
   times = []
@@ -112,12 +115,19 @@ def _in_fresh_process(problem: Problem, fused: bool) -> Measurement:
   return result
 
 
-def run(problem: Problem, repetitions: int = 2) -> dict:
-  """{"plain": Measurement, "fused": Measurement}: medians over interleaved processes."""
+def run(problem: Problem, repetitions: int = 2, fresh_processes: bool = True) -> dict:
+  """{"plain": Measurement, "fused": Measurement}: medians over interleaved processes.
+
+  `fresh_processes=False` (scripts/benchmark.py --quick, a check that it runs)
+  measures both in this process: quicker, but the second head's peak then
+  stands on the first's leftovers, so the memory figures mean little.
+  """
+  measure = (_in_fresh_process if fresh_processes
+             else functools.partial(_measure, shared_process=True))
   runs = {"plain": [], "fused": []}
   for _ in range(repetitions):
     for name in runs:
-      runs[name].append(_in_fresh_process(problem, fused=name == "fused"))
+      runs[name].append(measure(problem, fused=name == "fused"))
   return {name: Measurement(statistics.median(m.step_seconds for m in measured),
                             statistics.median(m.peak_megabytes for m in measured),
                             measured[0].loss)

@@ -2,7 +2,7 @@ r"""Throughput of the engine against Keras `fit` and a bare XLA loop on two mode
 then memory and time of the fused large-vocabulary head against the plain one.
 
   python scripts/benchmark.py                 # the full run BENCHMARKS.md reports
-  python scripts/benchmark.py --quick         # a few steps, first calls in-process: checks
+  python scripts/benchmark.py --quick         # a few steps, all in this process: checks
                                               # that it works (the tests run this)
   python scripts/benchmark.py --precision=mixed_float16   # on a GPU
   python scripts/benchmark.py --multitask     # every multi-task method side by side
@@ -85,7 +85,8 @@ def main(argv):
                                    steps=2) if _QUICK.value else
                large_vocab.Problem(_VOCAB_SIZE.value, _TOKENS.value, _WIDTH.value,
                                    _CHUNK_SIZE.value))
-    results = large_vocab.run(problem, repetitions=1 if _QUICK.value else 2)
+    results = large_vocab.run(problem, repetitions=1 if _QUICK.value else 2,
+                              fresh_processes=not _QUICK.value)
     print(large_vocab.report(results, problem))
 
 
