@@ -29,9 +29,12 @@ def make_trainer(model_dir, config_args=None, checkpoint_every=1000):
       # Linear in the gradient: Adam would turn the reduction order's last-bit
       # differences on near-zero gradients into visible ones.
       optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+      # Without XLA: this is about the cluster (collectives, preemption, exactness), and
+      # each of the four worker processes would compile its own gradients program
+      # (XLA under replicas: test_distribution).
       config=engine.Config(model_dir=model_dir, steps_per_loop=STEPS, seed=0,
                            checkpoint_every=checkpoint_every, head_diagnostics=False,
-                           **(config_args or {})))
+                           jit_compile=False, **(config_args or {})))
 
 
 def dataset():
