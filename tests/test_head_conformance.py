@@ -177,41 +177,32 @@ def test_checkpoint_round_trip_then_predict(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_trains_evaluates_and_predicts_in_the_engine(name, make_trainer):
+  """One trainer, two phases. At a learning rate of 0 the weights stay put, so a loop's
+  training metrics (the loss and the main metric, as sums inside the step) must equal
+  an evaluation (Keras metrics) of the same four batches (`train_metrics="full"` is
+  checked the same way in tests/test_trainer.py). Then, at 0.02, it learns its 32
+  examples, and predicts."""
   case = CASES[name]
   x, labels, weights = _batch(case, n=32, seed=1)
-  trainer = make_trainer(trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
-                         head_list=[case.make()], steps_per_loop=10,
-                         optimizer=keras.optimizers.Adam(0.02))  # XLA: the test above.
   evaluation = dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8, repeat=False)
+  train = evaluation.repeat()
+  trainer = make_trainer(trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
+                         head_list=[case.make()], steps_per_loop=4,
+                         optimizer=keras.optimizers.Adam(0.0))  # XLA: the test above.
+  trained = trainer.train(train, steps=4)
   before = trainer.evaluate(evaluation)
-  trainer.train(dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8), steps=20)
-  results = trainer.evaluate(evaluation)
   head = trainer.heads[0]
+  assert set(trained) == {"loss", "h/loss", "h/weighted_loss", f"h/{head.main_metric}"}
+  for key in trained:
+    np.testing.assert_allclose(trained[key], before[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  trainer.optimizer.learning_rate = 0.02
+  trainer.train(train, steps=24)
+  results = trainer.evaluate(evaluation)
   assert {"loss", "h/loss"} | {f"h/{key}" for key in head.metric_results()} <= set(results)
   assert all(np.isfinite(value) for value in results.values())
   assert results["h/loss"] < 0.95 * before["h/loss"]  # It learns the 32 examples.
   outputs = trainer.predict(x[:3])["h"]
   assert all(np.all(np.isfinite(value)) for value in outputs.values())
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_training_metrics_equal_an_evaluation_of_the_same_batches(name, make_trainer):
-  """At a learning rate of 0 the weights stay put, so a loop's training
-  metrics (the loss and the main metric, as sums inside the step) must equal
-  an evaluation (Keras metrics) of the same four batches. `train_metrics=
-  "full"` is checked the same way in tests/test_trainer.py."""
-  case = CASES[name]
-  x, labels, weights = _batch(case, n=32, seed=2)
-  data = dataset_of(x, {"h": labels}, {"h": weights}, batch_size=8, repeat=False)
-  trainer = make_trainer(head_list=[case.make()],
-                         trunk=keras.Sequential([keras.layers.Dense(8, activation="relu")]),
-                         optimizer=keras.optimizers.SGD(0.0), steps_per_loop=4)
-  trained = trainer.train(data.repeat(), steps=4)
-  evaluated = trainer.evaluate(data)
-  head = trainer.heads[0]
-  assert set(trained) == {"loss", "h/loss", "h/weighted_loss", f"h/{head.main_metric}"}
-  for key in trained:
-    np.testing.assert_allclose(trained[key], evaluated[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
