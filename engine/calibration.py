@@ -18,6 +18,7 @@ other heads (temperature, then platt) add up.
 import numpy as np
 import tensorflow as tf
 
+from engine import iterators
 from engine.calibration_fits import fit_platt, fit_temperature, fit_vector_scaling
 import heads as heads_lib
 
@@ -40,7 +41,8 @@ def collect(model, heads, dataset, steps=None) -> dict:
   """
   forward = tf.function(lambda features: model(features, training=False))
   collected = {head.name: ([], [], []) for head in heads}
-  for index, element in enumerate(dataset):
+  holder = [iter(dataset)]  # Released below: destroying it may wait on tf.data's autotuner.
+  for index, element in enumerate(holder[0]):
     if steps is not None and index >= steps:
       break
     features, labels = element[:2]
@@ -58,6 +60,7 @@ def collect(model, heads, dataset, steps=None) -> dict:
                                (tf.cast(logits[head.name], tf.float32), label,
                                 example_weights)):
         values.append(value.numpy())
+  iterators.release(holder)
   if not heads or not collected[heads[0].name][0]:
     raise ValueError("The calibration dataset is empty: it produced no batch.")
   return {name: tuple(np.concatenate(parts) for parts in values)
