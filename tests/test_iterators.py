@@ -28,7 +28,7 @@ def test_a_released_iterator_is_destroyed_on_the_release_thread():
   names, done = _destroying_thread(holder)
   iterators.release(holder)
   assert done.wait(60.0), names
-  assert names == ["iterator-release"] * 2
+  assert [name.split("_")[0] for name in names] == ["iterator-release"] * 2
   assert holder == []
 
 
@@ -52,4 +52,4 @@ def test_evaluate_and_a_new_training_dataset_hand_their_iterators_over(make_trai
   deadline = time.monotonic() + 60
   for names, done in watched:
     assert done.wait(max(0.0, deadline - time.monotonic())), names
-    assert names == ["iterator-release"]
+    assert [name.split("_")[0] for name in names] == ["iterator-release"]
