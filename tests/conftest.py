@@ -38,6 +38,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 import engine  # pylint: disable=g-import-not-at-top
 import heads  # pylint: disable=g-import-not-at-top
 from tests import early_runs  # pylint: disable=g-import-not-at-top
+from tests import warm_python  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
 
@@ -147,6 +148,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
   del session
   early_runs.cleanup()
+  warm_python.stop()
   if _OWNS_XLA_CACHE:
     shutil.rmtree(os.environ["ENGINE_TESTS_XLA_CACHE"], ignore_errors=True)
   _EXIT_STATUS.append(int(exitstatus))

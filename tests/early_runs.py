@@ -16,6 +16,8 @@ import sys
 import tempfile
 import threading
 
+from tests import warm_python
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUNS = []
 
@@ -55,8 +57,8 @@ class EarlyRun:
       # Files, not pipes: a chatty run would block on a full pipe.
       with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         environment = None if self._env is None else {**os.environ, **self._env(model_dir)}
-        self._process = subprocess.Popen(command, stdout=out, stderr=err, cwd=_ROOT,
-                                         env=environment)
+        self._process = warm_python.Popen(command, stdout=out, stderr=err, cwd=_ROOT,
+                                          env=environment)
         code = self._process.wait(timeout=self._timeout)
         out.seek(0)
         err.seek(0)

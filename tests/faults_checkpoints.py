@@ -17,6 +17,7 @@ import tensorflow as tf
 import engine
 import heads
 from engine import writer
+from tests import warm_python
 from tests.conftest import small_trunk
 from tests.fault_table import ROOT as _ROOT
 from tests.fault_table import SPEC
@@ -223,8 +224,8 @@ _TRAIN = [sys.executable, os.path.join(_ROOT, "scripts", "train.py"), "--train_s
 
 
 def _script(*command, timeout=300):
-  return subprocess.run(list(command), capture_output=True, text=True, timeout=timeout,
-                        cwd=_ROOT, check=False)
+  return warm_python.run(list(command), capture_output=True, text=True, timeout=timeout,
+                         cwd=_ROOT, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +236,8 @@ def two_writers(tmp_path_factory):
   start, and B cannot miss it; A holds the lock all along (a process, not a heartbeat).
   """
   model_dir = str(tmp_path_factory.mktemp("two_writers"))
-  first = subprocess.Popen([*_TRAIN, f"--model_dir={model_dir}"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, cwd=_ROOT)
+  first = warm_python.Popen([*_TRAIN, f"--model_dir={model_dir}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=_ROOT)
   try:
     for line in first.stderr:  # Training: A holds the lock.
       if "train | step" in line:

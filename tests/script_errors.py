@@ -14,7 +14,6 @@ per case, the error a user would see ("ErrorType: message"), or null if
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -40,8 +39,9 @@ def run_cases(cases):
 
 def in_one_process(cases):
   """Each case's error message (or None), from one fresh process: for tests."""
-  result = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300, cwd=_ROOT, check=False)
+  from tests import warm_python  # pylint: disable=import-outside-toplevel
+  result = warm_python.run([sys.executable, os.path.abspath(__file__), json.dumps(cases)],
+                           capture_output=True, text=True, timeout=300, cwd=_ROOT, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.splitlines()[-1])
 

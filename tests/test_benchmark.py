@@ -3,13 +3,14 @@ its timings are not asserted here (BENCHMARKS.md holds them)."""
 
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 
 from benchmarks import multitask
 from benchmarks import throughput
+
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NUMBER = r"([\d.]+)"
@@ -37,9 +38,9 @@ def test_report_states_each_target_and_whether_it_is_met():
 
 
 def test_quick_benchmark_prints_every_runner_and_both_large_vocabulary_heads():
-  result = subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", "benchmark.py"),
+  result = warm_python.run([sys.executable, os.path.join(_ROOT, "scripts", "benchmark.py"),
                            "--quick", "--model=small"], capture_output=True, text=True,
-                          timeout=600, cwd=_ROOT, check=False)
+                           timeout=600, cwd=_ROOT, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {match.group(1): [float(v) for v in match.group(2, 3, 4, 5, 6)]
           for match in re.finditer(rf"^(engine|fit_spe1|fit_spe50|bare_loop)\s+{_NUMBER}\s+"
@@ -60,9 +61,9 @@ def test_quick_benchmark_prints_every_runner_and_both_large_vocabulary_heads():
 
 
 def test_the_multitask_benchmark_prints_each_method_with_delta_m_and_step_time():
-  result = subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", "benchmark.py"),
+  result = warm_python.run([sys.executable, os.path.join(_ROOT, "scripts", "benchmark.py"),
                            "--multitask", "--quick", "--methods=famo"],
-                          capture_output=True, text=True, timeout=600, cwd=_ROOT, check=False)
+                           capture_output=True, text=True, timeout=600, cwd=_ROOT, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   for task, heads in (("demo", "digit/accuracy  parity/accuracy  box/mae"),
                       ("conflict", "near/mae  far/mae")):

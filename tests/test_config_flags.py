@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-import subprocess
 import sys
 
 from absl import flags
@@ -11,6 +10,8 @@ import pytest
 import engine
 from engine import config_flags
 from engine import run_config
+
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,14 +42,14 @@ def test_the_scripts_define_no_setting_of_their_own():
           "from absl import flags; import engine.config_flags as c;"
           "print(sorted(f.name for m, fl in flags.FLAGS.flags_by_module_dict().items() "
           "if m != c.__name__ for f in fl if f.name in c.NAMES))")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=_ROOT, timeout=120, check=True)
+  result = warm_python.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=_ROOT, timeout=120, check=True)
   assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_help_lists_the_engine_flags():
-  result = subprocess.run([sys.executable, "scripts/train.py", "--helpshort"],
-                          capture_output=True, text=True, cwd=_ROOT, timeout=120, check=False)
+  result = warm_python.run([sys.executable, "scripts/train.py", "--helpshort"],
+                           capture_output=True, text=True, cwd=_ROOT, timeout=120, check=False)
   for name in ("--model_dir", "--experiment", "--experiment_params", "--learning_rate",
                "--lr_schedule", "--strategy", "--precision", "--train_steps"):
     assert name in result.stdout, result.stdout[-2000:]

@@ -2,7 +2,6 @@
 
 import os
 import re
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import engine
 from tests import early_runs
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +128,7 @@ def user_experiment_run():
 
 
 def _script(name, model_dir):
-  return subprocess.run(
+  return warm_python.run(
       [sys.executable, os.path.join(_ROOT, "scripts", name), f"--model_dir={model_dir}"],
       capture_output=True, text=True, cwd=_ROOT, timeout=300, check=False,
       env={**os.environ, "PYTHONPATH": _python_path(model_dir + "-module")})

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tests import multi_worker_job
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,7 @@ def _start_workers(tmp_path, model_dir, *args):
   for index in range(2):
     env = dict(os.environ, PYTHONPATH=_ROOT,
                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    workers.append(subprocess.Popen(
+    workers.append(warm_python.Popen(
         [sys.executable, os.path.join(_ROOT, "tests", "multi_worker_job.py"),
          str(tmp_path / f"worker{index}.npz"), str(model_dir), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ import engine
 from tests import early_runs
 from tests import events
 from tests import readme_commands
+from tests import warm_python
 
 _DEMO = ".venv/bin/python scripts/train.py --model_dir=runs/demo"
 _PROGRESS = re.compile(
@@ -84,9 +84,9 @@ def test_the_demo_logs_one_progress_line_per_loop(demo_run):
 
 def test_rerunning_the_demo_resumes_instead_of_starting_again(demo_run):
   model_dir, _ = demo_run
-  result = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(
+  result = warm_python.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "scripts", "train.py"), f"--model_dir={model_dir}"],
-                          capture_output=True, text=True, timeout=300, check=False)
+                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.search(r"Restored .*ckpt-3000 at step 3000", result.stderr)
   assert not _PROGRESS.search(result.stderr)  # Resuming after a stop: the SIGTERM test.

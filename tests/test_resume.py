@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import engine
 from tests import early_runs
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "scripts", "train.py")
@@ -29,8 +30,8 @@ def _command(model_dir):
 
 
 def _train(model_dir):
-  result = subprocess.run(_command(model_dir), capture_output=True, text=True, timeout=300,
-                          cwd=_ROOT, check=False)
+  result = warm_python.run(_command(model_dir), capture_output=True, text=True, timeout=300,
+                           cwd=_ROOT, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -70,8 +71,8 @@ def test_a_run_killed_at_a_random_point_resumes_to_the_weights_of_another_run_bi
   seed = random.randrange(1 << 30)
   rng = random.Random(seed)
   kill_after_line, delay = rng.randrange(1, _STEPS // 50 - 1), rng.uniform(0.0, 0.2)
-  process = subprocess.Popen(_command(tmp_path), stderr=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, text=True, cwd=_ROOT)
+  process = warm_python.Popen(_command(tmp_path), stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True, cwd=_ROOT)
   lines = 0
   try:
     for line in process.stderr:

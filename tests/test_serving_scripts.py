@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing import event_accumulator
 import engine
 from tests import early_runs
 from tests import script_errors
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Only train.py is given the model: the other scripts read it from model_dir.
@@ -31,8 +32,8 @@ _TRAIN_FLAGS = ["--batch_size=32", "--nohead_diagnostics", "--nojit_compile"]
 
 
 def _run(script, *flags, timeout=240):
-  return subprocess.run([sys.executable, os.path.join(_ROOT, "scripts", script), *flags],
-                        capture_output=True, text=True, timeout=timeout, cwd=_ROOT, check=False)
+  return warm_python.run([sys.executable, os.path.join(_ROOT, "scripts", script), *flags],
+                         capture_output=True, text=True, timeout=timeout, cwd=_ROOT, check=False)
 
 
 def _events(directory):
@@ -83,8 +84,8 @@ class _TensorBoard:
     self.url = f"http://127.0.0.1:{_free_port()}"
     command = [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", logdir,
                "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "--load_fast=false"]
-    self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+    self._process = warm_python.Popen(command, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
 
   def get(self, route, body=None):
     data = None if body is None else json.dumps(body).encode()
@@ -180,7 +181,7 @@ def test_evaluate_script_writes_the_metrics_as_json_and_to_tensorboard(over_conf
 
 def test_evaluate_follows_a_training_run_until_it_ends(tmp_path):
   model_dir = str(tmp_path / "model")
-  training = subprocess.Popen(
+  training = warm_python.Popen(
       [sys.executable, os.path.join(_ROOT, "scripts", "train.py"), *_TRAIN_FLAGS,
        f"--model_dir={model_dir}", "--experiment_params=hidden_units=64", "--train_steps=600",
        "--checkpoint_every=200",
@@ -227,7 +228,7 @@ def test_calibrate_script_fits_vector_scaling_and_the_export_serves_it(over_conf
   np.save(tmp_path / "features.npy", features)
   for head in ("digit", "parity", "box"):
     os.makedirs(tmp_path / "out" / head)
-  served = subprocess.run(
+  served = warm_python.run(
       [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
        exported, "--tag_set", "serve", "--signature_def", "serving_default", "--inputs",
        f"features={tmp_path / 'features.npy'}", "--outdir", str(tmp_path / "out")],

@@ -12,6 +12,7 @@ import tensorflow as tf
 import engine
 from tests import events
 from tests import script_errors
+from tests import warm_python
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "scripts", "train.py")
@@ -21,8 +22,8 @@ _PROGRESS = re.compile(
 
 
 def _run(*flags, timeout=240):
-  return subprocess.run([sys.executable, _SCRIPT, *flags], capture_output=True, text=True,
-                        timeout=timeout, cwd=_ROOT, check=False)
+  return warm_python.run([sys.executable, _SCRIPT, *flags], capture_output=True, text=True,
+                         timeout=timeout, cwd=_ROOT, check=False)
 
 
 def _write_examples(path, split, count):
@@ -97,9 +98,9 @@ def test_sigterm_saves_the_current_step_and_exits_42_then_the_rerun_resumes(tmp_
   model_dir = str(tmp_path / "model")
   flags = [f"--model_dir={model_dir}", "--steps_per_loop=50", "--checkpoint_every=100000",
            "--eval_every=0", "--nohead_diagnostics", "--nojit_compile"]
-  process = subprocess.Popen([sys.executable, _SCRIPT, *flags, "--train_steps=1000000"],
-                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                             cwd=_ROOT)
+  process = warm_python.Popen([sys.executable, _SCRIPT, *flags, "--train_steps=1000000"],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                              cwd=_ROOT)
   try:
     for line in process.stderr:  # Wait until it is training.
       if _PROGRESS.search(line):
