@@ -18,6 +18,12 @@ if _OWNS_XLA_CACHE:
   os.environ["TF_XLA_FLAGS"] = " ".join(filter(None, [
       os.environ.get("TF_XLA_FLAGS"),
       f"--tf_xla_persistent_cache_directory={os.environ['ENGINE_TESTS_XLA_CACHE']}"]))
+# Compiling dominates the suite's XLA runs (a small trainer's train and eval programs: 14
+# s of CPU with XLA's defaults, 9-12 s so); LLVM at -O0 without its expensive passes
+# compiles them faster and runs them about half as fast, which runs of a few hundred steps
+# do not feel. Users' runs keep XLA's defaults; an XLA_FLAGS of the caller's wins.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true")
 if os.environ.get("PYTEST_XDIST_WORKER"):
   # Two workers on two cores: one intra-op thread each (and in the scripts they run),
   # or TensorFlow's spinning thread pools oversubscribe the cores (measured: a third
