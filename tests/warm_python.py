@@ -10,14 +10,15 @@ fork starts where a fresh interpreter stands after those imports. Every other
 command, and any call with `preexec_fn` or `pass_fds`, starts as usual.
 
 A forked run gets its own argv, working directory, environment, standard
-streams, `sys.path` (the script's directory, then PYTHONPATH, then the
-interpreter's) and random seeds, runs its script as `__main__` and ends
+streams and `sys.path` (the script's directory, then PYTHONPATH, then the
+interpreter's), and fresh random states (Python's and NumPy's reseed after a
+fork; the test checks), runs its script as `__main__` and ends
 through the interpreter's normal exit, exceptions and `sys.exit` codes
 included. Its `pid` is the script's own process, so tests signal it as
 before; its exit status comes back over the server's socket from the
 process that forked it. Not the same as a fresh interpreter: what TensorFlow
-reads from the environment at import (its C++ log level, TF_XLA_FLAGS) comes
-from the server's environment, which is the test process's; and a script
+reads from the environment at import (its C++ log level, for one) comes from
+the server's environment, which is the test process's; and a script
 that used a module it never imported would not fail here. The README's demo
 command runs in a fresh interpreter (tests/readme_commands.py), so the main
 job is still checked from a cold start.
@@ -94,7 +95,12 @@ class Popen(subprocess.Popen):
     self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     self._received = b""
     try:
-      self._connection.connect(_server_path())
+      path = _server_path()
+      try:
+        self._connection.connect(path)
+      except OSError as error:
+        raise RuntimeError(f"the warm Python server at {path} does not answer ({error}); "
+                           "it writes its errors to this process's stderr") from error
       socket.send_fds(self._connection, [json.dumps(request).encode() + b"\n"], streams)
       self.pid = int(self._line(block=True))
       self._child_created = True
@@ -201,15 +207,11 @@ def _supervise(connection):
 
 def _run(request, base_path):
   """Runs the request's script as `python ARGV...` would, after the imports."""
-  import random  # pylint: disable=import-outside-toplevel
   import runpy  # pylint: disable=import-outside-toplevel
   import types  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   os.chdir(request["cwd"])
   os.environ.clear()
   os.environ.update(request["env"])
-  random.seed()  # A fresh interpreter's seeds, not the server's.
-  np.random.seed()
   python_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
   _, first, *rest = request["argv"]
   if first == "-c":
