@@ -1,5 +1,6 @@
 """Shared test set-up: quiet TensorFlow, parsed absl flags, small trainers."""
 
+import gc
 import os
 import shutil
 import sys
@@ -47,6 +48,11 @@ from tests import early_runs  # pylint: disable=g-import-not-at-top
 from tests import warm_python  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
+
+# The imports' objects (TensorFlow's, Keras's: most of the heap) leave the garbage
+# collector's generations: every full collection scanned them again (test_trainer and
+# test_validation: 6.0 -> 4.6 s of collection).
+gc.freeze()
 
 # Every training iterator stays alive until the process exits (`os._exit` below, so none
 # is ever destroyed). Destroying a tf.data iterator in TensorFlow 2.21 blocks the

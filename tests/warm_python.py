@@ -24,6 +24,7 @@ command runs in a fresh interpreter (tests/readme_commands.py), so the main
 job is still checked from a cold start.
 """
 
+import gc
 import json
 import os
 import select
@@ -167,6 +168,7 @@ def _serve(listener_fd, alive_fd):
   """Accepts runs until the client's pipe closes; returns only in a run's process."""
   import engine  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
   import heads  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+  gc.freeze()  # Runs neither scan the imports' objects nor copy their pages to do so.
   listener = socket.socket(fileno=listener_fd)
   signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # Supervisors are reaped by the kernel.
   while True:
