@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import sys
 import textwrap
 
@@ -124,7 +125,8 @@ _USER_RUN = early_runs.register(
 def user_experiment_run():
   model_dir, result = _USER_RUN.result()
   assert result.returncode == 0, result.stderr[-3000:]
-  return model_dir
+  yield model_dir
+  shutil.rmtree(model_dir + "-module", ignore_errors=True)  # early_runs removes model_dir.
 
 
 def _script(name, model_dir):

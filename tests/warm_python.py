@@ -24,6 +24,7 @@ command runs in a fresh interpreter (tests/readme_commands.py), so the main
 job is still checked from a cold start.
 """
 
+import atexit
 import gc
 import json
 import os
@@ -56,6 +57,7 @@ def _server_path() -> str:
       listener.close()
       os.close(alive_read)
       _SERVER.update(path=path, alive=alive_write, dir=directory)
+      atexit.register(stop)  # Where no test session calls it (tests/readme_commands.py).
     return _SERVER["path"]
 
 
