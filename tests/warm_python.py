@@ -1,8 +1,8 @@
 """`subprocess.Popen` whose Python script runs start from forks of a warm interpreter.
 
 Each script run of the suite used to pay for a new interpreter importing
-TensorFlow, Keras and the engine: 6.5 s of CPU on the CI machine, over 40
-times. `Popen` here forks those runs, `[sys.executable, SCRIPT, ...]` or
+TensorFlow, Keras and the engine: 6.5 s of CPU on a 2-core machine like CI's,
+about 50 times. `Popen` here forks those runs, `[sys.executable, SCRIPT, ...]` or
 `[sys.executable, "-c", CODE, ...]`, from a server process (one per test
 process, started on first use) that imported `engine` and `heads` and did
 nothing else: it ran no op, so TensorFlow has no threads or devices yet, and a
