@@ -14,6 +14,8 @@ import typing
 import keras
 import tensorflow as tf
 
+from engine import gated_writes
+
 
 def all_reduce_sum(values, replicas):
   """SUM over replicas (inside a replica function); the values themselves on one."""
@@ -153,21 +155,11 @@ class GradientUpdate:
     return [*self._variables, *optimizer.variables]
 
   def _apply_or_skip(self, local, applied, rejected, bad_heads):
-    """One replica: apply, then keep the old values where the step is not applied.
-
-    A select, not a conditional: inside XLA a conditional around the update
-    copies every weight and optimizer slot in and out of it (seen here: 25%
-    slower steps, and longer compilation); XLA folds the write and the
-    select into one pass over each variable. (Keras's `stateless_apply`
-    would avoid the snapshots, but its TensorFlow backend refuses it, and
-    running `apply` in a `keras.StatelessScope` still writes the variables.)
-    """
-    state = self._state()
-    # Read now: a Keras variable's `.value` is the variable itself, not a snapshot.
-    old = [tf.identity(variable.value) for variable in state]
-    self._inner_apply(local)
-    for variable, value in zip(state, old):
-      variable.assign(tf.where(applied, variable.value, value))
+    """One replica: the optimizer's writes keep the old values where the step
+    is not applied, in the same pass (`engine.gated_writes`; a conditional
+    inside XLA would copy every weight and slot in and out of it)."""
+    optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
+    gated_writes.apply(optimizer, lambda: self._inner_apply(local), self._state(), applied)
     self._count(applied, rejected, bad_heads)
 
   def _inner_apply(self, gradients):
