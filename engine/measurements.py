@@ -42,7 +42,7 @@ class Measurements:
       loss_sum, weight_sum, extras = terms[head.name]
       values += [loss_sum, weight_sum, extras[head.main_metric], extras["metric_weight"]]
     share = 1.0 / self._replicas
-    if gradient_norm is None:
+    if gradient_norm is None:  # Not measured in this step.
       values += [0.0, 0.0]
     else:
       ok = tf.cast(norm_ok, tf.float32)
@@ -93,10 +93,15 @@ class Measurements:
     return results
 
   def gradient_norm(self):
-    """The mean gradient norm of the loop's applied steps."""
+    """(mean gradient norm, how many applied steps measured it) over the loop.
+
+    The norm is measured where the step computes it anyway or where it is
+    asked for (`GradientUpdate.apply`): every step with `clip_norm` or
+    `train_metrics="full"`, else the loop's last step (the diagnostic one).
+    """
     sums = tf.convert_to_tensor(self.sums)
     start = len(_HEAD_SLOTS) * len(self.heads)
-    return tf.math.divide_no_nan(sums[start], sums[start + 1])
+    return tf.math.divide_no_nan(sums[start], sums[start + 1]), sums[start + 1]
 
   def examples(self):
     return tf.convert_to_tensor(self.sums)[-1]

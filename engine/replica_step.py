@@ -76,8 +76,11 @@ class ReplicaStep:
     allowed = running & batch_ok & tf.logical_not(guard_stop)
     gradients, last_norms = t.balancing.combine(out["gradients"], out["head_gradients"],
                                                 indices, loss_scale, step, diagnostics)
+    # The gradient norm is measured on the loop's last step (or every step
+    # with the full training metrics): a pass over every gradient.
     outcome = t.update.apply(gradients, loss_scale,
-                             [terms[head.name][0] for head in t.heads], allowed)
+                             [terms[head.name][0] for head in t.heads], allowed,
+                             measure_norm=diagnostics or t.config.train_metrics == "full")
     update_lib.assign_changed(t.model.non_trainable_variables, non_trainable,
                               out["non_trainable"], replicas, outcome.applied)
     healthy = outcome.losses_finite if t.update.loss_scaled else outcome.finite

@@ -19,9 +19,11 @@ def report(trainer, full: bool) -> dict:
   """The tensors the host needs after a loop; the loop's state is reset after reading."""
   t = trainer
   t.trace_counts["report"] += 1
+  gradient_norm, norm_steps = t.measurements.gradient_norm()
   scalars = {**t.balancing.summaries(t.global_step),
              "learning_rate": tf.cast(t.optimizer.learning_rate, tf.float32),
-             "gradient_norm": t.measurements.gradient_norm(),
+             "gradient_norm": gradient_norm,
+             "gradient_norm_steps": norm_steps,
              "examples": t.measurements.examples(),
              "skipped_steps": tf.cast(t.skipped_steps, tf.float32)}
   for i, head in enumerate(t.heads):
@@ -64,6 +66,8 @@ def train_scalars(values, steps_done: int, seconds: float, diagnosed: bool) -> d
   scalars = {**values["results"], **values["scalars"],
              "steps_per_second": steps_done / seconds,
              "examples_per_second": values["scalars"]["examples"] / seconds}
+  if not scalars.pop("gradient_norm_steps"):  # No step of the loop measured it.
+    del scalars["gradient_norm"]
   return {key.removeprefix("diagnostics/"): value for key, value in scalars.items()
           if diagnosed or not key.startswith("diagnostics/")}
 

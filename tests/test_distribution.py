@@ -173,7 +173,8 @@ def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(tmp_
 def test_clipping_scales_the_update_by_clip_norm_over_the_global_norm(tmp_path, mirrored):
   sgd = lambda: keras.optimizers.SGD(0.1)
   # XLA: not what is tested here (test_two_replicas_... runs under it).
-  free = _trainer(tmp_path, "free", optimizer=sgd, jit_compile=False)
+  # train_metrics="full": the norm of every step is measured (by default only a loop's last).
+  free = _trainer(tmp_path, "free", optimizer=sgd, jit_compile=False, train_metrics="full")
   clipped = _trainer(tmp_path, "clipped", optimizer=sgd, clip_norm=0.05, jit_compile=False)
   clipped2 = _trainer(tmp_path, "clipped2", mirrored, optimizer=sgd, strategy="mirrored",
                       num_cpu_devices=2, clip_norm=0.05, jit_compile=False)

@@ -6,6 +6,7 @@ non-finite weights is written.
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -96,3 +97,37 @@ def test_nonfinite_policy_is_checked():
   with pytest.raises(ValueError, match=r"nonfinite must be one of \('raise', 'skip'\); "
                                        r"received 'ignore'"):
     engine.Config(model_dir="x", nonfinite="ignore")
+
+
+class _NanGradientAtSeven(keras.layers.Layer):
+  """The identity, with a NaN gradient (and a finite loss) for a batch whose first
+  feature peaks at exactly 7: r - stop_gradient(r) is 0, and d/dv of
+  r = sqrt((v * 0)^2) is inf * 0."""
+
+  def build(self, input_shape):
+    self.v = self.add_weight(shape=(), initializer="ones", name="v")
+
+  def call(self, x):
+    seven = tf.cast(tf.reduce_max(x[:, 0]) == 7.0, x.dtype)
+    r = tf.sqrt(tf.square(self.v * (1.0 - seven)))
+    return x + (r - tf.stop_gradient(r))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_nonfinite_gradients_under_finite_losses_raise_at_their_step(make_trainer, jit_compile):
+  """No norm is computed in a default step: the plain sums of the gradients must
+  still catch a NaN gradient that no loss shows."""
+  trunk = keras.Sequential([_NanGradientAtSeven(), keras.layers.Dense(16, activation="relu")])
+  trainer = make_trainer(trunk=trunk, steps_per_loop=10, jit_compile=jit_compile)
+  x, labels = engine.data.synthetic_arrays("train", 96)
+  x[32, 0] = 7.0  # In batch 2 (of 16): step 3.
+  data = dataset_of(x, labels, batch_size=16, repeat=False)
+  trainer.train(data.take(2), steps=2)
+  before = _weights(trainer)
+  with pytest.raises(ValueError, match=r"At step 3, the gradients \(every head's loss was "
+                                       r"finite\) became NaN or infinite\. The step was not "
+                                       r"applied and training stopped at step 2 \(saved\)"):
+    trainer.train(data.skip(2), steps=6)
+  assert trainer.step == 2
+  for a, b in zip(before, _weights(trainer)):
+    np.testing.assert_array_equal(a, b)
