@@ -108,8 +108,12 @@ class Config:
   aggregation_options: str = _setting(
       "", "key=value,... for the aggregation, e.g. c=0.5 for cagrad.")
   head_diagnostics: bool = _setting(
-      True, "On the last step of each loop (from the second loop on), each head's gradient "
-      "norm on the trunk and the cosines between heads' gradients (TensorBoard).")
+      True, "At every multiple of diagnostics_every (from the second loop on), each head's "
+      "gradient norm on the trunk, the cosines between heads' gradients and the global "
+      "gradient norm (TensorBoard).")
+  diagnostics_every: int = _setting(
+      500, "With head_diagnostics: the step at every multiple of this step computes them "
+      "(one backward pass per head more; the loops end there).")
   profile_steps: Optional[tuple] = _setting(
       None, "START,END: trace steps START+1..END with TensorFlow's profiler into "
       "model_dir/train/plugins/profile (TensorBoard's Profile tab).")
@@ -171,7 +175,7 @@ class Config:
       if choices and getattr(self, field.name) not in choices:
         raise ValueError(f"{field.name} must be one of {choices}; received {value!r}.")
     for name in ("batch_size", "train_steps", "steps_per_loop", "checkpoint_every",
-                 "max_checkpoints", "accumulation_steps"):
+                 "max_checkpoints", "accumulation_steps", "diagnostics_every"):
       _check_int(name, getattr(self, name), minimum=1)
     for name in ("eval_every", "num_cpu_devices", "warmup_steps", "max_consecutive_skips"):
       _check_int(name, getattr(self, name), minimum=0)

@@ -97,7 +97,7 @@ class Measurements:
 
     The norm is measured where the step computes it anyway or where it is
     asked for (`GradientUpdate.apply`): every step with `clip_norm` or
-    `train_metrics="full"`, else the loop's last step (the diagnostic one).
+    `train_metrics="full"`, else the diagnostic steps (`Config.diagnostics_every`).
     """
     sums = tf.convert_to_tensor(self.sums)
     start = len(_HEAD_SLOTS) * len(self.heads)

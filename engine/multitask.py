@@ -12,10 +12,10 @@ head, so they are computed only when something needs them:
   nothing; a non-finite head gradient makes the result NaN, so an overflow
   is still skipped);
 - the conflict diagnostics (each head's gradient norm on the trunk and the
-  pairwise cosines, `Config.head_diagnostics`) are computed on the last step
-  of each loop only, when summaries are written, by a second program that
-  compiles when first used: from the Trainer's second loop on, so the first
-  loop compiles one program only. (A conditional inside one
+  pairwise cosines, `Config.head_diagnostics`) are computed on the step at
+  every multiple of `Config.diagnostics_every` only (a loop ends there), by
+  a second program that compiles when first used: from the Trainer's second
+  loop on, so the first loop compiles one program only. (A conditional inside one
   XLA program was tried: on CPU it made every step 2.5x slower.)
 
 Per-head gradients are all-reduced before any norm or projection, so every

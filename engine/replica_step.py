@@ -76,8 +76,8 @@ class ReplicaStep:
     allowed = running & batch_ok & tf.logical_not(guard_stop)
     gradients, last_norms = t.balancing.combine(out["gradients"], out["head_gradients"],
                                                 indices, loss_scale, step, diagnostics)
-    # The gradient norm is measured on the loop's last step (or every step
-    # with the full training metrics): a pass over every gradient.
+    # The global gradient norm is measured on the diagnostic steps (every step
+    # with the full training metrics): it is a pass over every gradient.
     outcome = t.update.apply(gradients, loss_scale,
                              [terms[head.name][0] for head in t.heads], allowed,
                              measure_norm=diagnostics or t.config.train_metrics == "full")

@@ -62,7 +62,8 @@ def to_numpy(values) -> dict:
 
 def train_scalars(values, steps_done: int, seconds: float, diagnosed: bool) -> dict:
   """A training loop's TensorBoard scalars: results, counters, speed, and the per-head
-  diagnostics if the loop's last step computed them."""
+  diagnostics if the loop's last step computed them; the gradient norm if a step
+  measured it."""
   scalars = {**values["results"], **values["scalars"],
              "steps_per_second": steps_done / seconds,
              "examples_per_second": values["scalars"]["examples"] / seconds}

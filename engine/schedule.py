@@ -1,7 +1,8 @@
 """Where training loops end, and when the profiler traces.
 
 Loops end at the last step, every `steps_per_loop` steps, at multiples of
-`checkpoint_every` and `eval_every` (so checkpoints and evaluations land
+`checkpoint_every`, `eval_every` and (with the head diagnostics)
+`diagnostics_every` (so checkpoints, evaluations and diagnostic steps land
 on those steps), and where profiling starts and ends.
 """
 
@@ -17,6 +18,8 @@ def loop_length(step: int, steps: int, config) -> int:
                 next_multiple(step, config.checkpoint_every)]
   if config.eval_every:
     boundaries.append(next_multiple(step, config.eval_every))
+  if config.head_diagnostics:
+    boundaries.append(next_multiple(step, config.diagnostics_every))
   if config.profile_steps:
     boundaries.extend(b for b in config.profile_steps if b > step)
   return min(boundaries) - step
@@ -24,6 +27,14 @@ def loop_length(step: int, steps: int, config) -> int:
 
 def next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
+
+
+def diagnosed(end_step: int, loops_run: int, config) -> bool:
+  """Whether the loop ending at `end_step` runs its last step with the head
+  diagnostics: at multiples of `diagnostics_every`, never in the Trainer's
+  first loop (which compiles one program only)."""
+  return (config.head_diagnostics and loops_run > 0
+          and end_step % config.diagnostics_every == 0)
 
 
 class Profiler:

@@ -67,8 +67,7 @@ class Training:
     start = time.perf_counter()
     traces = sum(t.trace_counts.values())
     try:
-      # Diagnostics from the Trainer's second loop on: the first compiles one program.
-      diagnosed = t.balancing.diagnostics and self._loops_run > 0
+      diagnosed = schedule.diagnosed(start_step + num_steps, self._loops_run, t.config)
       try:
         complete = t.loops.train(iterator, num_steps, diagnostics=diagnosed)
       except tf.errors.DataLossError as error:  # A corrupt record: keep the steps done.

@@ -110,7 +110,7 @@ class GradientUpdate:
     step's XLA program, with several in the cross-replica context.
 
     The global norm is computed where it is used: with `clip_norm`, or when
-    `measure_norm` (the loop's last step, `train_metrics="full"`); `norm` is
+    `measure_norm` (the diagnostic steps, `train_metrics="full"`); `norm` is
     None otherwise. Finiteness alone takes one plain sum per gradient: a
     NaN or infinity anywhere makes the sum non-finite, and XLA's CPU backend
     runs the norm's squares as a pass of their own (on the large benchmark

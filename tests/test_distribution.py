@@ -116,9 +116,10 @@ def test_gradnorm_uncertainty_pcgrad_and_diagnostics_on_two_replicas_equal_one_d
   # Without XLA: per-head gradients make the largest programs of the suite, and the
   # equality does not depend on the compiler (test_two_replicas_... runs under XLA).
   one = _trainer(tmp_path, "one", head_list=_balanced_heads, aggregation="pcgrad",
-                 head_diagnostics=True, jit_compile=False)
+                 head_diagnostics=True, diagnostics_every=5, jit_compile=False)
   two = _trainer(tmp_path, "two", mirrored, head_list=_balanced_heads, aggregation="pcgrad",
-                 head_diagnostics=True, strategy="mirrored", num_cpu_devices=2, jit_compile=False)
+                 head_diagnostics=True, diagnostics_every=5, strategy="mirrored", num_cpu_devices=2,
+                 jit_compile=False)
   _same_start(one, two)
   train = _data().batch(16, drop_remainder=True).repeat()
   one.train(train, steps=10)  # Two loops: the second one's last step has diagnostics.

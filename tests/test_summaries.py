@@ -30,6 +30,7 @@ def summarised_run(tmp_path_factory):
       # Without XLA: the summaries are written on the host either way; compiling the
       # train, diagnostic and eval programs was most of this fixture's time.
       config=engine.Config(model_dir=model_dir, steps_per_loop=5, eval_every=10, seed=0,
+                           diagnostics_every=10,
                            jit_compile=False))
   results = trainer.train(engine.data.synthetic("train", 32, num_examples=256), steps=20,
                           eval_dataset=engine.data.synthetic("eval", 64, num_examples=128))
@@ -52,7 +53,9 @@ def test_train_summaries_hold_every_head_and_the_run_measurements(summarised_run
   assert {tag.split("/")[0] for tag in scalars} == {
       "Overview", "digit", "parity", "box", "gradient_cosine"}
   assert "box/rmse" not in scalars and "digit/nll" not in scalars  # Evaluation only.
-  assert sorted(scalars["digit/trunk_gradient_norm"]) == [10, 15, 20]  # From the second loop.
+  # At multiples of diagnostics_every (from the second loop on), as the global norm.
+  assert sorted(scalars["digit/trunk_gradient_norm"]) == [10, 20]
+  assert sorted(scalars["Overview/gradient_norm"]) == [10, 20]
   loss = scalars["Overview/loss"]
   assert sorted(loss) == [5, 10, 15, 20]
   for step in loss:

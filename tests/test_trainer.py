@@ -16,7 +16,8 @@ from tests.conftest import small_trunk
 
 def test_loops_are_traced_once_across_train_and_evaluate_calls(make_trainer, demo_batches):
   train, evaluation = demo_batches
-  trainer = make_trainer(steps_per_loop=4, checkpoint_every=6, head_diagnostics=True)
+  trainer = make_trainer(steps_per_loop=4, checkpoint_every=6, head_diagnostics=True,
+                         diagnostics_every=4)
   for steps in (3, 10, 17):  # Loops of 3, 4, 1, 2, ... steps: lengths are tensors.
     trainer.train(train, steps=steps)
   trainer.evaluate(evaluation)

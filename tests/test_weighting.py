@@ -281,7 +281,7 @@ def _matmuls(trainer):
 
 def test_per_head_gradients_are_computed_only_on_the_summary_step(make_trainer, demo_batches):
   train, _ = demo_batches
-  trainer = make_trainer(steps_per_loop=5, head_diagnostics=True)
+  trainer = make_trainer(steps_per_loop=5, head_diagnostics=True, diagnostics_every=5)
   trainer.train(train, steps=5)
   assert len(_matmuls(trainer)) == 1  # The first loop compiles one program.
   trainer.train(train, steps=10)
@@ -298,9 +298,9 @@ def test_per_head_gradients_are_computed_only_on_the_summary_step(make_trainer, 
 def test_diagnostics_equal_hand_computed_head_gradients(make_trainer):
   x, labels = engine.data.synthetic_arrays("train", 32)
   data = tf.data.Dataset.from_tensors((x, labels)).repeat()
-  trainer = make_trainer(steps_per_loop=1, head_diagnostics=True)
-  trainer.train(data, steps=1)  # The first loop has no diagnostics; the second has.
-  assert not any("trunk_gradient_norm" in key for key in trainer.last_train_scalars)
+  trainer = make_trainer(steps_per_loop=1, head_diagnostics=True, diagnostics_every=1)
+  trainer.train(data, steps=1)  # The first loop has no diagnostics (nor gradient norm).
+  assert not any("gradient_norm" in key for key in trainer.last_train_scalars)
   reference = make_trainer(model_dir=trainer.config.model_dir + "_reference")
   reference.build(tf.TensorSpec([32, 32], tf.float32))
   for mine, theirs in zip(reference.model.variables, trainer.model.variables):
@@ -316,11 +316,17 @@ def test_diagnostics_equal_hand_computed_head_gradients(make_trainer):
     per_head.append(np.concatenate([g.numpy().ravel() for g in
                                     tape.gradient(loss, trunk.trainable_variables)]))
   per_head = np.array(per_head)
+  with tf.GradientTape() as tape:
+    total = sum(head.weighting.value * losses[head.name](labels[head.name], head(trunk(x)))
+                for head in reference.heads)
+  gradients = tape.gradient(total, reference.model.trainable_variables)
+  global_norm = np.sqrt(sum(np.sum(g.numpy() ** 2) for g in gradients))
   trainer.train(data, steps=2)
   scalars = trainer.last_train_scalars
   norms = np.linalg.norm(per_head, axis=1)
   for k, name in enumerate(["digit", "parity", "box"]):
     assert scalars[f"{name}/trunk_gradient_norm"] == pytest.approx(norms[k], rel=1e-4)
+  assert scalars["gradient_norm"] == pytest.approx(global_norm, rel=1e-4)
   cosine = per_head[0] @ per_head[1] / (norms[0] * norms[1])
   assert scalars["gradient_cosine/digit_vs_parity"] == pytest.approx(cosine, rel=1e-4, abs=1e-6)
 
