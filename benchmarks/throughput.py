@@ -96,6 +96,10 @@ class EngineRunner:
   def first_call(self):
     self._trainer.train(self._data, steps=INNER_STEPS)
 
+  def warm_up(self):
+    """To the first diagnostic step: its program compiles when first used."""
+    self._trainer.train(self._data, steps=self._trainer.config.diagnostics_every)
+
   def run(self, steps: int):
     self._trainer.train(self._data, steps=self._trainer.step + steps)
 
@@ -120,6 +124,9 @@ class FitRunner:
     self._data = data
 
   def first_call(self):
+    self.run(INNER_STEPS)
+
+  def warm_up(self):
     self.run(INNER_STEPS)
 
   def run(self, steps: int):
@@ -164,6 +171,9 @@ class BareLoopRunner:
       self._step(x, labels)
 
   def first_call(self):
+    self.run(INNER_STEPS)
+
+  def warm_up(self):
     self.run(INNER_STEPS)
 
   def run(self, steps: int):
@@ -222,7 +232,7 @@ def run(model: Model, batch_size: int = 256, steps: int = 2000, repetitions: int
     start = time.perf_counter()
     runner.first_call()  # Warm-up: tracing and compilation are not in the steps/s.
     first.setdefault(runner.name, time.perf_counter() - start)
-    runner.run(INNER_STEPS)  # The engine's second loop compiles its diagnostic program.
+    runner.warm_up()  # The engine's diagnostic program compiles at its first use.
   steps -= steps % INNER_STEPS
   speeds = {name: 0.0 for name in RUNNERS}
   for _ in range(repetitions):
