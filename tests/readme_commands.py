@@ -8,7 +8,7 @@ so each command runs as written, relative paths and all. Training commands
 other than the demo's (`runs/demo`, which the later commands read) get a
 few steps (`FEW_STEPS` appended; and `--nohead_diagnostics`, a second
 program to trace, unless the command sets `--aggregation`, whose test reads
-the diagnostics); `make` and the TensorBoard server are not
+the diagnostics: it gets them at its last step, `--diagnostics_every=20`); `make` and the TensorBoard server are not
 run (`SKIPPED`): `make test` is this suite and `make demo` is the demo's
 command. The demo starts a fresh interpreter, as `make demo` does; the other
 `.venv/bin/python` commands and the snippet run in forks of a warm one
@@ -81,7 +81,8 @@ def run_all(work_dir: str) -> list:
       continue
     if "scripts/train.py" in command and not _is_demo(command):
       command = " ".join([command, *FEW_STEPS,
-                          *([] if "--aggregation" in command else ["--nohead_diagnostics"])])
+                          *(["--diagnostics_every=20"] if "--aggregation" in command
+                            else ["--nohead_diagnostics"])])
     outcomes.append(_run(command, work_dir))
   snippet, = blocks("python")
   outcomes.append(_run(shlex.join([os.path.join(".venv", "bin", "python"), "-c", snippet]),
