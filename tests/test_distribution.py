@@ -90,7 +90,10 @@ def test_two_replicas_train_and_evaluate_like_one_device(tmp_path, mirrored):
   for key in one_results:
     np.testing.assert_allclose(two_results[key], one_results[key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
-  _assert_same_model(one, two)
+  # Within 1e-5 absolute: Adam moves a parameter whose gradient sums to about float32's
+  # rounding of its per-example terms by ~lr * g / epsilon, so the two replicas' order of
+  # summation shows there (seen once in a full suite run: a bias off by 2e-6, 0.25%).
+  _assert_same_model(one, two, atol=1e-5)
   evaluation = _data(seed=1).batch(16, drop_remainder=True)
   one_eval, two_eval = one.evaluate(evaluation), two.evaluate(evaluation)
   for key in one_eval:
