@@ -26,11 +26,17 @@ import tensorflow as tf
 
 
 class Loops:
-  """The train and eval loops of one Trainer over its `ReplicaStep`."""
+  """The train and eval loops of one Trainer over its `ReplicaStep`.
 
-  def __init__(self, strategy, replica_step, jit_compile: bool, trace_counts):
+  `report` (no arguments; tensors) is what the host reads after a training
+  loop (`engine.reporting.report`): the loop's call returns it, so a loop is
+  one host call, its report included.
+  """
+
+  def __init__(self, strategy, replica_step, jit_compile: bool, trace_counts, report):
     self._strategy = strategy
     self._trace_counts = trace_counts
+    self._report = report
     fused = strategy.num_replicas_in_sync == 1
     def compiled(function):
       # autograph=False everywhere: the loops are explicit `tf.while_loop`s,
@@ -42,23 +48,19 @@ class Loops:
     self._eval_step = compiled(replica_step.evaluate)
     self.train_function = tf.function(functools.partial(self._train_loop_fn, diagnostics=False),
                                       autograph=False)
-    # One step with the per-head diagnostics: traced and compiled when first used.
+    # The loop's last step with the per-head diagnostics: traced and compiled when first used.
     self.diagnostic_function = tf.function(
         functools.partial(self._train_loop_fn, diagnostics=True), autograph=False)
     self.eval_function = tf.function(self._eval_loop_fn, autograph=False)
 
-  def train(self, iterator, num_steps: int, diagnostics: bool = False) -> bool:
-    """Runs `num_steps` steps, the last with diagnostics if asked; False if the data ended."""
+  def train(self, iterator, num_steps: int, diagnostics: bool = False):
+    """Runs `num_steps` steps, the last with diagnostics if asked; returns the loop's
+    report (tensors), or None if the data ended before the last step."""
+    function = self.diagnostic_function if diagnostics else self.train_function
     try:
-      if diagnostics:
-        if num_steps > 1:
-          self.train_function(iterator, tf.constant(num_steps - 1, tf.int32))
-        self.diagnostic_function(iterator, tf.constant(1, tf.int32))
-      else:
-        self.train_function(iterator, tf.constant(num_steps, tf.int32))
+      return function(iterator, tf.constant(num_steps, tf.int32))
     except tf.errors.OutOfRangeError:
-      return False
-    return True
+      return None
 
   def evaluate(self, iterator, steps, steps_per_loop: int) -> int:
     """Evaluates `steps` batches (None: until the data ends), `steps_per_loop` per
@@ -74,11 +76,14 @@ class Loops:
 
   def _train_loop_fn(self, iterator, num_steps, diagnostics):
     self._trace_counts["diagnostic_loop" if diagnostics else "train_loop"] += 1
-    step = self._diagnostic_step if diagnostics else self._train_step
     def body(i):
-      self._strategy.run(step, args=(iterator.get_next(),))
+      self._strategy.run(self._train_step, args=(iterator.get_next(),))
       return (i + 1,)
-    tf.while_loop(lambda i: i < num_steps, body, (tf.constant(0),))
+    plain_steps = num_steps - 1 if diagnostics else num_steps
+    tf.while_loop(lambda i: i < plain_steps, body, (tf.constant(0),))
+    if diagnostics:
+      self._strategy.run(self._diagnostic_step, args=(iterator.get_next(),))
+    return self._report()
 
   def _eval_loop_fn(self, iterator, num_steps):
     # Evaluation ends where its data ends, so it asks the iterator (a host

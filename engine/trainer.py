@@ -9,9 +9,9 @@ one replica's step, `engine.step` its math, `engine.update` the update,
 `engine.measurements` the sums and metrics, `engine.halting` why a loop
 stopped applying steps, `engine.checkpointing` and `engine.preemption` what
 survives a crash, `engine.training` one `train` call on the host (after
-each loop, one host call, `read_report`, for the results, the counters and
-the summaries; then summaries, the progress line, checkpoints and
-evaluations).
+each loop, one host call, the loop's, which returns its report: the
+results, the counters and the summaries; then summaries, the progress line,
+checkpoints and evaluations).
 """
 
 import collections
@@ -175,9 +175,11 @@ class Trainer:
     self.update = update_lib.GradientUpdate(
         self.optimizer, self.model.trainable_variables, self.replicas, self.config.clip_norm,
         self.skipped_steps, self.nonfinite_losses, self.consecutive_skips)
+    full = self.config.train_metrics == "full"
     self.loops = loop_lib.Loops(self.strategy,
                                  replica_step.ReplicaStep(self, compile_gradients=self.replicas > 1),
-                                 self.config.jit_compile, self.trace_counts)
+                                 self.config.jit_compile, self.trace_counts,
+                                 report=lambda: reporting.report(self, full))
     self.checkpoints.restore_latest_readable(move_damaged=self._writer.held)
     if self.checkpoints.restored is None and self.config.init_checkpoint:
       self.checkpoints.warm_start(self.config.init_checkpoint, self.config.init_modules)

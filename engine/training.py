@@ -69,13 +69,16 @@ class Training:
     try:
       diagnosed = schedule.diagnosed(start_step + num_steps, self._loops_run, t.config)
       try:
-        complete = t.loops.train(iterator, num_steps, diagnostics=diagnosed)
+        report = t.loops.train(iterator, num_steps, diagnostics=diagnosed)
       except tf.errors.DataLossError as error:  # A corrupt record: keep the steps done.
         t.checkpoints.save_if_new(t.step)
         raise ValueError(f"{records.data_loss_message(error)} Training stopped at step "
                          f"{t.step} (saved).") from error
       self._loops_run += 1
-      report = reporting.to_numpy(t.read_report(full=t.config.train_metrics == "full"))
+      complete = report is not None
+      if not complete:  # The data ended inside the loop: the report of the steps done.
+        report = t.read_report(full=t.config.train_metrics == "full")
+      report = reporting.to_numpy(report)
     finally:
       self._profiler.maybe_stop(t.step)
     seconds = time.perf_counter() - start

@@ -26,7 +26,8 @@ def test_loops_are_traced_once_across_train_and_evaluate_calls(make_trainer, dem
   assert trainer.trace_counts == {"train_loop": 1, "train_step": 1, "gradients": 1,
                                   "diagnostic_loop": 1, "diagnostic_step": 1,
                                   "diagnostic_gradients": 1, "eval_loop": 1, "eval_step": 1,
-                                  "report": 2}  # Training (basic metrics) and evaluation.
+                                  # In the train and diagnostic loops, and evaluation's.
+                                  "report": 3}
 
 
 def test_train_runs_until_the_global_step_and_checkpoints_on_multiples(make_trainer, demo_batches):
