@@ -1,7 +1,8 @@
 """What the host learns after each loop, in one call, and the errors raised from it.
 
-`report` reads, in one traced call, the loop's results, the counters and
-summaries, and the halting record, then resets the loop's state: one
+`report` reads the loop's results, the counters and summaries, and the
+halting record, then resets the loop's state; a training loop's
+`tf.function` ends with it and returns it (`engine.loop`): one call and one
 transfer from the device per loop, nothing per metric variable. The
 Trainer writes summaries and the progress line from it, and `raise_if_halted`
 turns the halting record into the error a user reads: the head (or

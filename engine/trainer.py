@@ -112,7 +112,8 @@ class Trainer:
                   "nonfinite_losses": self.nonfinite_losses})
     self.summaries = summaries_lib.SummaryWriters(self.checkpoints.own_dir, self.heads,
                                                   config.precision)
-    # The one host call after a loop, and the reset before one.
+    # The report of evaluation and of a loop the data ended (a training loop's call
+    # returns its own), and the reset before a train or evaluate call.
     self.read_report = tf.function(lambda full: reporting.report(self, full), autograph=False)
     self.reset_measurements = tf.function(lambda guard: reporting.reset(self, guard),
                                           autograph=False)

@@ -1,7 +1,7 @@
 """What one `Trainer.train` call does on the host, around the compiled loops.
 
 Record the run's configuration, build and restore, attach the input
-position, then loop: one compiled loop (`engine.loop`), one host call for
+position, then loop: one compiled loop (`engine.loop`), whose call returns
 its report, then the summaries, the progress line, the errors the loop
 recorded, checkpoints and evaluations; signals are acted on between loops
 and after the last one. Kept apart from the Trainer (the facade) because
