@@ -83,6 +83,9 @@ class EngineRunner:
     import engine  # pylint: disable=g-import-not-at-top
     import heads  # pylint: disable=g-import-not-at-top
     self._data = data
+    # Removed when the runner goes (or the process ends), with its checkpoints and summaries.
+    self._model_dir = tempfile.TemporaryDirectory(prefix="benchmark-engine-",
+                                                  ignore_cleanup_errors=True)
     keras.utils.set_random_seed(0)
     self._trainer = engine.Trainer(
         trunk=_trunk(model),
@@ -90,7 +93,7 @@ class EngineRunner:
                else heads.RegressionHead(name, n, weight=LOSS_WEIGHTS[name])
                for name, n in OUTPUTS.items()],
         optimizer=keras.optimizers.Adam(1e-3),
-        config=engine.Config(model_dir=tempfile.mkdtemp(), steps_per_loop=INNER_STEPS,
+        config=engine.Config(model_dir=self._model_dir.name, steps_per_loop=INNER_STEPS,
                              precision=model.precision))
 
   def first_call(self):
