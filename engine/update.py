@@ -79,6 +79,8 @@ class GradientUpdate:
                nonfinite_losses, consecutive_skips):
     self._optimizer = optimizer
     self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # The optimizer that applies: the engine keeps the loss-scale rule itself.
+    self._inner = optimizer.inner_optimizer if self._loss_scaled else optimizer
     self._variables = variables
     self._replicas = replicas
     self._clip_norm = clip_norm
@@ -166,20 +168,17 @@ class GradientUpdate:
 
   def _state(self):
     """The variables an update writes: the weights and the optimizer's own."""
-    optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
-    return [*self._variables, *optimizer.variables]
+    return [*self._variables, *self._inner.variables]
 
   def _apply_or_skip(self, local, applied, rejected, bad_heads):
     """One replica: the optimizer's writes keep the old values where the step
     is not applied, in the same pass (`engine.gated_writes`; a conditional
     inside XLA would copy every weight and slot in and out of it)."""
-    optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
-    gated_writes.apply(optimizer, lambda: self._inner_apply(local), self._state(), applied)
+    gated_writes.apply(self._inner, lambda: self._inner_apply(local), self._state(), applied)
     self._count(applied, rejected, bad_heads)
 
   def _inner_apply(self, gradients):
-    optimizer = self._optimizer.inner_optimizer if self._loss_scaled else self._optimizer
-    optimizer.apply(gradients, self._variables)
+    self._inner.apply(gradients, self._variables)
 
   def _count(self, applied, rejected, bad_heads):
     """Counts a rejected step and moves the loss scale, without a branch."""
