@@ -2,14 +2,18 @@
 
 Four runners train the same model on the same in-memory batches:
 - engine: `engine.Trainer` with its defaults, as users run it (summaries,
-  progress line, per-head diagnostics, the checkpoint at the end of `train`),
-  `steps_per_loop=50`;
+  progress line, per-head diagnostics, the checkpoint at the end of `train`,
+  10 steps per XLA program), `steps_per_loop=50`;
 - fit_spe1 / fit_spe50: Keras 3 `Model.fit`, `jit_compile=True`,
   `steps_per_execution` 1 or 50, with the same per-output metrics the engine
   keeps in training (accuracy for the classification heads, MAE for the
   regression head);
 - bare_loop: a hand-written XLA `GradientTape` step in a `tf.range` loop of 50
-  steps per `tf.function` call, without metrics: the floor.
+  steps per `tf.function` call, without metrics, one XLA launch a step: the
+  floor the targets are set against;
+- bare_loop10: the same step, 10 per XLA launch (an XLA while loop over 10
+  stacked batches), as the engine runs them: what launching less buys
+  without the engine's work (information; no target).
 Steps per second: the runners are interleaved in one process and repeated
 (this machine is noisy); the best repetition counts, after each runner's
 warm-up. First call: each runner in a fresh process, from building the model
@@ -137,10 +141,14 @@ class FitRunner:
 
 
 class BareLoopRunner:
-  """A hand-written XLA step, 50 per `tf.function` call, no metrics: the floor."""
-  name = "bare_loop"
+  """A hand-written XLA step, 50 per `tf.function` call, no metrics: the floor.
 
-  def __init__(self, model: Model, data):
+  `steps_per_program` > 1: that many steps per XLA launch, on stacked batches.
+  """
+
+  def __init__(self, model: Model, data, steps_per_program: int = 1):
+    self.name = "bare_loop" if steps_per_program == 1 else f"bare_loop{steps_per_program}"
+    self._steps_per_program = steps_per_program
     keras.utils.set_random_seed(0)
     self._trunk = _trunk(model)
     self._heads = {name: keras.layers.Dense(n) for name, n in OUTPUTS.items()}
@@ -155,6 +163,7 @@ class BareLoopRunner:
     self._iterator = iter(data)
     self._loop = tf.function(self._loop_fn)
     self._step = tf.function(self._step_fn, jit_compile=True)
+    self._steps = tf.function(self._steps_fn, jit_compile=True)
 
   def _step_fn(self, x, labels):
     with tf.GradientTape() as tape:
@@ -168,10 +177,19 @@ class BareLoopRunner:
       loss += LOSS_WEIGHTS["box"] * tf.reduce_mean(tf.square(labels["box"] - outputs["box"]))
     self._optimizer.apply(tape.gradient(loss, self._variables), self._variables)
 
+  def _steps_fn(self, batches):
+    x, labels = tf.nest.map_structure(lambda *parts: tf.stack(parts), *batches)
+    for k in tf.range(self._steps_per_program):
+      self._step_fn(x[k], {name: value[k] for name, value in labels.items()})
+
   def _loop_fn(self, iterator, steps):
-    for _ in tf.range(steps):
-      x, labels = next(iterator)
-      self._step(x, labels)
+    if self._steps_per_program == 1:
+      for _ in tf.range(steps):
+        x, labels = next(iterator)
+        self._step(x, labels)
+    else:  # `steps` is a multiple of steps_per_program here.
+      for _ in tf.range(steps // self._steps_per_program):
+        self._steps([next(iterator) for _ in range(self._steps_per_program)])
 
   def first_call(self):
     self.run(INNER_STEPS)
@@ -185,7 +203,7 @@ class BareLoopRunner:
     self._optimizer.iterations.numpy()  # Waits for the last step.
 
 
-RUNNERS = ("engine", "fit_spe1", "fit_spe50", "bare_loop")
+RUNNERS = ("engine", "fit_spe1", "fit_spe50", "bare_loop", "bare_loop10")
 
 
 def make_runner(name: str, model: Model, data):
@@ -195,7 +213,7 @@ def make_runner(name: str, model: Model, data):
     return EngineRunner(model, data)
   if name.startswith("fit_spe"):
     return FitRunner(model, data, int(name[len("fit_spe"):]))
-  return BareLoopRunner(model, data)
+  return BareLoopRunner(model, data, int(name[len("bare_loop"):] or 1))
 
 
 def _first_call_child(name, model, batch_size, queue):

@@ -90,6 +90,10 @@ class Config:
       100, "Training steps per call of the compiled loop; summaries and the progress line "
       "are written once per loop.")
   jit_compile: bool = _setting(True, "Compile the steps with XLA.")
+  steps_per_program: int = _setting(
+      10, "Training steps in one XLA program (its batches fetched together and stacked): "
+      "fewer program launches. Applies under jit_compile on one replica with batches of a "
+      "static shape (batch(..., drop_remainder=True)); 1: one program per step.")
   train_metrics: str = _setting(
       "basic", "basic: each head's loss and main metric in training (sums inside the compiled "
       "step); full: every evaluation metric in every training step (slower).",
@@ -175,7 +179,8 @@ class Config:
       if choices and getattr(self, field.name) not in choices:
         raise ValueError(f"{field.name} must be one of {choices}; received {value!r}.")
     for name in ("batch_size", "train_steps", "steps_per_loop", "checkpoint_every",
-                 "max_checkpoints", "accumulation_steps", "diagnostics_every"):
+                 "max_checkpoints", "accumulation_steps", "diagnostics_every",
+               "steps_per_program"):
       _check_int(name, getattr(self, name), minimum=1)
     for name in ("eval_every", "num_cpu_devices", "warmup_steps", "max_consecutive_skips"):
       _check_int(name, getattr(self, name), minimum=0)

@@ -3,11 +3,22 @@
 A training loop is one `tf.function` holding a `tf.while_loop` of
 `num_steps` steps (a tensor, so it is traced once). Per step it does what a
 bare XLA loop does and nothing more: the iterator's `get_next`, the loop
-counter, and one call of the step. It never breaks on a value the step
-computed (on a GPU or TPU that is a device-to-host sync per step): a step
-that must not be applied is gated inside the step (`engine.halting`), and
-the end of the data ends the loop with TensorFlow's OutOfRangeError, which
-the host catches.
+counter, and the step. It never breaks on a value the step computed (on a
+GPU or TPU that is a device-to-host sync per step): a step that must not be
+applied is gated inside the step (`engine.halting`), and the end of the data
+ends the loop with TensorFlow's OutOfRangeError, which the host catches.
+
+Several steps per program (`Config.steps_per_program` = K, one replica under
+XLA, batches of a static shape): each iteration of the loop fetches K
+batches and launches one XLA program that runs the K steps in an XLA while
+loop. Launching a program costs more than a small model's step (the
+arguments, the variables it touches, the executor): on this project's CPU a
+bare loop of the same step ran 1.26-1.46x as fast with K = 10 (BENCHMARKS.md).
+The fetches are optional, so a dataset that ends inside a group still
+trains every batch it gave, and the program runs only the steps it got
+(also when a loop's length is not a multiple of K): one program, whatever
+the count. The iterator's `has_value` is a host value, so the conditionals
+around the fetches wait for nothing the device computes.
 
 Where XLA applies:
 - one replica: the whole replica step (checks, forward, backward, update,
@@ -33,17 +44,21 @@ class Loops:
   one host call, its report included.
   """
 
-  def __init__(self, strategy, replica_step, jit_compile: bool, trace_counts, report):
+  def __init__(self, strategy, replica_step, jit_compile: bool, trace_counts, report,
+               steps_per_program: int = 1):
     self._strategy = strategy
     self._trace_counts = trace_counts
     self._report = report
     fused = strategy.num_replicas_in_sync == 1
+    # Several steps in one program need that program to be one XLA computation.
+    self._steps_per_program = steps_per_program if fused and jit_compile else 1
     def compiled(function):
       # autograph=False everywhere: the loops are explicit `tf.while_loop`s,
       # and converting every function a step calls cost seconds per trace.
       return (tf.function(function, jit_compile=jit_compile, autograph=False) if fused
               else function)
     self._train_step = compiled(functools.partial(replica_step.train, diagnostics=False))
+    self._train_steps = compiled(functools.partial(_steps, replica_step.train))
     self._diagnostic_step = compiled(functools.partial(replica_step.train, diagnostics=True))
     self._eval_step = compiled(replica_step.evaluate)
     self.train_function = tf.function(functools.partial(self._train_loop_fn, diagnostics=False),
@@ -74,12 +89,34 @@ class Loops:
         break
     return evaluated
 
+  def steps_per_program(self, element_spec) -> int:
+    """K for batches of `element_spec`: 1 unless every part has a static shape (the
+    K batches are stacked into one tensor per part)."""
+    static = all(isinstance(spec, tf.TensorSpec) and spec.shape.is_fully_defined()
+                 and (spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype.is_bool)
+                 for spec in tf.nest.flatten(element_spec))
+    return self._steps_per_program if static else 1
+
   def _train_loop_fn(self, iterator, num_steps, diagnostics):
     self._trace_counts["diagnostic_loop" if diagnostics else "train_loop"] += 1
-    def body(i):
-      self._strategy.run(self._train_step, args=(iterator.get_next(),))
-      return (i + 1,)
     plain_steps = num_steps - 1 if diagnostics else num_steps
+    group = self.steps_per_program(iterator.element_spec)
+    if group == 1:
+      def body(i):
+        self._strategy.run(self._train_step, args=(iterator.get_next(),))
+        return (i + 1,)
+    else:
+      def body(i):
+        count = tf.minimum(plain_steps - i, group)
+        got, stacked = _fetch(iterator, count, group)
+        done = self._strategy.run(self._train_steps, args=(stacked, got))
+        # The data ended inside this group: end the loop as a single step would
+        # (OutOfRangeError, from the spent iterator), its batches trained.
+        with tf.control_dependencies([done]):
+          ended = tf.cond(got < count, lambda: _raise_out_of_range(iterator),
+                          lambda: tf.constant(False))
+        with tf.control_dependencies([ended]):
+          return (i + got,)
     tf.while_loop(lambda i: i < plain_steps, body, (tf.constant(0),))
     if diagnostics:
       self._strategy.run(self._diagnostic_step, args=(iterator.get_next(),))
@@ -98,3 +135,34 @@ class Loops:
     done, _ = tf.while_loop(lambda i, more: more & (i < num_steps), body,
                             (tf.constant(0), tf.constant(True)))
     return done
+
+
+def _steps(train_step, stacked, count):
+  """`count` <= K training steps on K stacked batches, in one program (XLA's while)."""
+  def body(k):
+    train_step(tf.nest.map_structure(lambda part: part[k], stacked))
+    return (k + 1,)
+  return tf.while_loop(lambda k: k < count, body, (tf.constant(0),))[0]
+
+
+def _fetch(iterator, count, group):
+  """(n, batches stacked [group, ...]): the next n <= `count` batches, n < `count` only
+  if the data ended; the `group - n` slots left are zeros."""
+  specs = tf.nest.flatten(iterator.element_spec)
+  arrays = [tf.TensorArray(spec.dtype, size=group, element_shape=spec.shape) for spec in specs]
+  def body(k, more, arrays):
+    optional = iterator.get_next_as_optional()
+    def write():
+      values = tf.nest.flatten(optional.get_value())
+      return [array.write(k, value) for array, value in zip(arrays, values)]
+    arrays = tf.cond(optional.has_value(), write, lambda: arrays)
+    return k + tf.cast(optional.has_value(), tf.int32), optional.has_value(), arrays
+  got, _, arrays = tf.while_loop(lambda k, more, _: more & (k < count), body,
+                                 (tf.constant(0), tf.constant(True), arrays))
+  return got, tf.nest.pack_sequence_as(iterator.element_spec,
+                                       [array.stack() for array in arrays])
+
+
+def _raise_out_of_range(iterator):
+  with tf.control_dependencies(tf.nest.flatten(iterator.get_next())):
+    return tf.constant(True)

@@ -110,9 +110,10 @@ def demo_batches():
           engine.data.synthetic("eval", 64, num_examples=256))
 
 
-def dataset_of(features, labels, weights=None, batch_size=16, repeat=True):
+def dataset_of(features, labels, weights=None, batch_size=16, repeat=True, static=False):
+  """`static`: batches of a static shape (drop_remainder), as several steps per program need."""
   elements = (features, labels) if weights is None else (features, labels, weights)
-  dataset = tf.data.Dataset.from_tensor_slices(elements).batch(batch_size)
+  dataset = tf.data.Dataset.from_tensor_slices(elements).batch(batch_size, drop_remainder=static)
   return dataset.repeat() if repeat else dataset
 
 

@@ -43,7 +43,7 @@ def test_quick_benchmark_prints_every_runner_and_both_large_vocabulary_heads():
                            timeout=600, cwd=_ROOT, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {match.group(1): [float(v) for v in match.group(2, 3, 4, 5, 6)]
-          for match in re.finditer(rf"^(engine|fit_spe1|fit_spe50|bare_loop)\s+{_NUMBER}\s+"
+          for match in re.finditer(rf"^(engine|fit_spe1|fit_spe50|bare_loop|bare_loop10)\s+{_NUMBER}\s+"
                                    rf"{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}$",
                                    result.stdout, re.MULTILINE)}
   assert set(rows) == set(throughput.RUNNERS), result.stdout

@@ -4,7 +4,8 @@ step computed through the host. Checked on the traced graph, so it needs no GPU.
 A loop that decides per step, on a value computed on the device, whether to
 go on (`if not healthy: break`) or what to run (a conditional in the loop
 body) makes the host wait for the device every step. The loop body may hold
-only the iterator's get_next, the loop counter and the call of the step.
+only the iterator's fetches, the loop counter and the call of the compiled
+program (one step, or `steps_per_program` steps with their batches stacked).
 """
 
 import keras
@@ -62,8 +63,21 @@ def _trainer(tmp_path, **config):
       config=engine.Config(model_dir=str(tmp_path), steps_per_loop=2, seed=0, **config))
 
 
+def _functions_called(library, function):
+  """The library functions `function` calls (branches, loop bodies), transitively."""
+  names, stack = set(), [function]
+  while stack:
+    for node in stack.pop().node_def:
+      for value in node.attr.values():
+        name = value.func.name
+        if name in library and name not in names:
+          names.add(name)
+          stack.append(library[name])
+  return names
+
+
 def test_one_replica_loop_body_is_get_next_the_counter_and_one_xla_program(tmp_path):
-  trainer = _trainer(tmp_path, jit_compile=True)
+  trainer = _trainer(tmp_path, jit_compile=True, steps_per_program=1)
   data = engine.data.synthetic("train", 32, num_examples=128)
   trainer.train(data, steps=2)
   library, body, cond = _loop(trainer, data)
@@ -81,6 +95,38 @@ def test_one_replica_loop_body_is_get_next_the_counter_and_one_xla_program(tmp_p
   assert not kinds & _CALLS, kinds
   assert "LogicalAnd" not in {node.op for node in cond.node_def}
   assert trainer.trace_counts["train_loop"] == 1  # Looking did not retrace.
+
+
+# Host ops a group's fetches may use: the optional get_next, stacking, counters.
+_FETCHING = {"IteratorGetNext", "IteratorGetNextAsOptional", "OptionalHasValue",
+             "OptionalGetValue", "TensorListReserve", "TensorListSetItem", "TensorListStack",
+             "While", "If", "StatelessIf", "Less", "Minimum", "Sub", "AddV2", "Cast", "LogicalAnd", "Identity",
+             "Const", "NoOp"}
+
+
+def test_several_steps_per_program_fetch_on_the_host_and_never_read_the_program(tmp_path):
+  trainer = _trainer(tmp_path, jit_compile=True, steps_per_program=2)
+  data = engine.data.synthetic("train", 32, num_examples=128)
+  trainer.train(data, steps=4)
+  assert trainer.loops.steps_per_program(data.element_spec) == 2
+  library, body, cond = _loop(trainer, data)
+  assert not {"Assert"} & {node.op for f in library.values() for node in f.node_def}
+  calls = [node for node in body.node_def if node.op in _CALLS]
+  assert len(calls) == 1 and _xla_compiled(library, calls[0]), [n.op for n in body.node_def]
+  program = calls[0].name
+  # Nothing in the loop reads what the program computed (control edges only),
+  # so no conditional, fetch or counter waits for the device.
+  for node in body.node_def:
+    assert not [i for i in node.input if i.split(":")[0] == program], node
+  fetching = [library[name] for name in _functions_called(library, body)
+              if not library[name].attr["_XlaMustCompile"].b
+              and name not in _functions_called(library, library[calls[0].attr["f"].func.name])
+              and name != calls[0].attr["f"].func.name]
+  ops = {node.op for f in [body, *fetching] for node in f.node_def} - _CALLS
+  assert not ops - _FETCHING, f"per-step work outside XLA: {sorted(ops - _FETCHING)}"
+  assert not _CALLS & {node.op for f in fetching for node in f.node_def}
+  assert "LogicalAnd" not in {node.op for node in cond.node_def}
+  assert trainer.trace_counts["train_loop"] == 1
 
 
 def test_a_loop_with_a_break_on_a_step_value_fails_the_check(tmp_path):

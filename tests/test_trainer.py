@@ -190,6 +190,29 @@ def test_a_finite_training_dataset_that_runs_out_saves_progress_and_says_so(make
   assert tf.train.latest_checkpoint(trainer.config.model_dir).endswith("ckpt-4")
 
 
+def test_several_steps_per_program_train_exactly_as_one_per_program(make_trainer, tmp_path):
+  """Groups of 3 in loops of 5 (3 + 2), and a dataset that ends inside a group:
+  every batch it gave is trained, bit for bit as one step per program."""
+  x, labels = engine.data.synthetic_arrays("train", 11 * 16)
+  runs = {group: make_trainer(model_dir=tmp_path / f"group{group}", jit_compile=True,
+                              steps_per_loop=5, steps_per_program=group) for group in (1, 3)}
+  for trainer in runs.values():
+    trainer.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
+  for ours, theirs in zip(runs[3].model.variables, runs[1].model.variables):
+    ours.assign(theirs)  # The same start.
+  for group, trainer in runs.items():
+    data = dataset_of(x, labels, batch_size=16, repeat=False, static=True)
+    with pytest.raises(ValueError, match=r"ended at global step 11, before reaching steps=20"):
+      trainer.train(data, steps=20)
+    assert trainer.loops.steps_per_program(data.element_spec) == group
+  assert tf.train.latest_checkpoint(runs[3].config.model_dir).endswith("ckpt-11")
+  assert int(runs[3].optimizer.iterations.numpy()) == 11
+  for ours, theirs in zip(runs[3].model.variables, runs[1].model.variables):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+  # A batch dimension that may vary: one step per program.
+  assert runs[3].loops.steps_per_program(dataset_of(x, labels).element_spec) == 1
+
+
 def test_a_checkpoint_of_another_model_gives_a_clear_error(make_trainer, demo_batches, tmp_path):
   make_trainer(model_dir=tmp_path / "run").train(demo_batches[0], steps=2)
   with pytest.raises(ValueError, match=r"Cannot restore the checkpoint .*ckpt-2 into this model: "

@@ -169,7 +169,7 @@ def test_a_partial_final_batch_is_trained_and_evaluated_exactly(make_trainer):
   assert results["box/loss"] == pytest.approx(mse, rel=1e-5)
 
 
-def _mid_loop_batches(bad):
+def _mid_loop_batches(bad, static=False):
   """Batches of 16 with one bad value in the fourth batch (step 4)."""
   x, labels = engine.data.synthetic_arrays("train", 128)
   weights = {"parity": np.ones(128, np.float32)}
@@ -180,31 +180,37 @@ def _mid_loop_batches(bad):
     x[row, 7] = np.nan
   else:
     weights["parity"][row] = -1.0
-  return dataset_of(x, labels, weights)
+  return dataset_of(x, labels, weights, static=static)
 
 
-@pytest.mark.parametrize("bad,jit_compile,message", [
-    ("label", True, r"At step 4, a batch failed a check: Head 'digit': class ids must be in "
+@pytest.mark.parametrize("bad,jit_compile,steps_per_program,message", [
+    ("label", True, 1, r"At step 4, a batch failed a check: Head 'digit': class ids must be in "
                     r"\[0, 10\); received values from 0 to 12\. The step was not applied and "
                     r"training stopped at step 3 \(saved\)\."),
-    ("label", False, r"At step 4, .*Head 'digit': class ids must be in \[0, 10\)"),
-    ("feature", False, r"At step 4, a batch failed a check: Features 'features' hold 1 NaN or "
+    # Step 4 in the middle of a program of 5 steps (the batches static-shaped).
+    ("feature", True, 5, r"At step 4, a batch failed a check: Features 'features' hold 1 NaN"),
+    ("label", False, 1, r"At step 4, .*Head 'digit': class ids must be in \[0, 10\)"),
+    ("feature", False, 1, r"At step 4, a batch failed a check: Features 'features' hold 1 NaN or "
                       r"infinite values in a batch; expected finite floats"),
-    ("weight", False, r"At step 4, a batch failed a check: Head 'parity': sample weights must be "
+    ("weight", False, 1, r"At step 4, a batch failed a check: Head 'parity': sample weights must be "
                      r"finite and >= 0; received 1 bad values, from -1 to 1\."),
 ])
 def test_a_bad_batch_in_the_middle_of_a_loop_stops_it_with_the_weights_of_the_step_before(
-    make_trainer, tmp_path, bad, jit_compile, message):
+    make_trainer, tmp_path, bad, jit_compile, steps_per_program, message):
   reference = make_trainer(model_dir=tmp_path / "reference", jit_compile=jit_compile,
-                           steps_per_loop=8)
-  trainer = make_trainer(model_dir=tmp_path / "run", jit_compile=jit_compile, steps_per_loop=8)
+                           steps_per_loop=8, steps_per_program=1)
+  trainer = make_trainer(model_dir=tmp_path / "run", jit_compile=jit_compile, steps_per_loop=8,
+                         steps_per_program=steps_per_program)
+  static = steps_per_program > 1
   for each in (reference, trainer):
     each.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
   for ours, theirs in zip(trainer.model.variables, reference.model.variables):
     ours.assign(theirs)
-  reference.train(_mid_loop_batches(bad).take(3), steps=3)  # The three clean batches.
+  reference.train(_mid_loop_batches(bad, static).take(3), steps=3)  # The three clean batches.
   with pytest.raises(ValueError, match=message):
-    trainer.train(_mid_loop_batches(bad), steps=8)  # One loop of 8 steps.
+    trainer.train(_mid_loop_batches(bad, static), steps=8)  # One loop of 8 steps.
+  if static:
+    assert trainer.loops.steps_per_program(_mid_loop_batches(bad, static).element_spec) == 5
   assert trainer.step == 3 and int(trainer.optimizer.iterations.numpy()) == 3
   for ours, theirs in zip(trainer.model.variables, reference.model.variables):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
