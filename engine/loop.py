@@ -9,16 +9,17 @@ applied is gated inside the step (`engine.halting`), and the end of the data
 ends the loop with TensorFlow's OutOfRangeError, which the host catches.
 
 Several steps per program (`Config.steps_per_program` = K, one replica under
-XLA, batches of a static shape): each iteration of the loop fetches K
-batches and launches one XLA program that runs the K steps in an XLA while
-loop. Launching a program costs more than a small model's step (the
-arguments, the variables it touches, the executor): on this project's CPU a
-bare loop of the same step ran 1.26-1.46x as fast with K = 10 (BENCHMARKS.md).
-The fetches are optional, so a dataset that ends inside a group still
-trains every batch it gave, and the program runs only the steps it got
-(also when a loop's length is not a multiple of K): one program, whatever
-the count. The iterator's `has_value` is a host value, so the conditionals
-around the fetches wait for nothing the device computes.
+XLA, batches of a static shape): each iteration of the loop fetches up to K
+batches on the host into `TensorArray`s and launches one XLA program that
+runs them as an XLA while loop over the stacked batches. Launching a
+program costs more than a small model's step (the arguments, the variables
+it touches, the executor): on this project's CPU a bare loop of the same
+step ran 1.26-1.46x as fast with K = 10 (BENCHMARKS.md). The fetches are
+optional, so a dataset that ends inside a group still trains every batch
+it gave, and the program runs only the steps it got (also when a loop's
+length is not a multiple of K; the slots left are zeros): one program,
+whatever the count. The iterator's `has_value` is a host value, so the
+conditionals around the fetches wait for nothing the device computes.
 
 Where XLA applies:
 - one replica: the whole replica step (checks, forward, backward, update,
