@@ -16,9 +16,10 @@ program costs more than a small model's step (the arguments, the variables
 it touches, the executor): on this project's CPU a bare loop of the same
 step ran 1.26-1.46x as fast with K = 10 (BENCHMARKS.md). The fetches are
 optional, so a dataset that ends inside a group still trains every batch
-it gave, and the program runs only the steps it got (also when a loop's
-length is not a multiple of K; the slots left are zeros): one program,
-whatever the count. The iterator's `has_value` is a host value, so the
+it gave, and the program applies only the steps it got (also when a loop's
+length is not a multiple of K; the slots left are zeros, run as steps that
+apply nothing, so that XLA's while loop has a known trip count): one
+program, whatever the count. The iterator's `has_value` is a host value, so the
 conditionals around the fetches wait for nothing the device computes.
 
 Where XLA applies:
@@ -46,20 +47,23 @@ class Loops:
   """
 
   def __init__(self, strategy, replica_step, jit_compile: bool, trace_counts, report,
-               steps_per_program: int = 1):
+               steps_per_program: int = 1, steps_per_loop: int = 1):
     self._strategy = strategy
     self._trace_counts = trace_counts
     self._report = report
     fused = strategy.num_replicas_in_sync == 1
-    # Several steps in one program need that program to be one XLA computation.
-    self._steps_per_program = steps_per_program if fused and jit_compile else 1
+    # Several steps in one program need that program to be one XLA computation;
+    # more slots than a loop's steps would be steps that apply nothing.
+    self._steps_per_program = (min(steps_per_program, steps_per_loop) if fused and jit_compile
+                               else 1)
     def compiled(function):
       # autograph=False everywhere: the loops are explicit `tf.while_loop`s,
       # and converting every function a step calls cost seconds per trace.
       return (tf.function(function, jit_compile=jit_compile, autograph=False) if fused
               else function)
     self._train_step = compiled(functools.partial(replica_step.train, diagnostics=False))
-    self._train_steps = compiled(functools.partial(_steps, replica_step.train))
+    self._train_steps = compiled(functools.partial(_steps, self._steps_per_program,
+                                                   replica_step.train))
     self._diagnostic_step = compiled(functools.partial(replica_step.train, diagnostics=True))
     self._eval_step = compiled(replica_step.evaluate)
     self.train_function = tf.function(functools.partial(self._train_loop_fn, diagnostics=False),
@@ -138,12 +142,18 @@ class Loops:
     return done
 
 
-def _steps(train_step, stacked, count):
-  """`count` <= K training steps on K stacked batches, in one program (XLA's while)."""
+def _steps(group, train_step, stacked, count):
+  """The first `count` of `group` stacked batches trained, in one program.
+
+  The XLA while loop runs all `group` slots, the slots past `count` as steps
+  that apply nothing: a loop of known trip count runs on a GPU without
+  reading its condition back to the host each iteration (XLA's GPU while
+  thunk copies a computed predicate to the host every trip).
+  """
   def body(k):
-    train_step(tf.nest.map_structure(lambda part: part[k], stacked))
+    train_step(tf.nest.map_structure(lambda part: part[k], stacked), present=k < count)
     return (k + 1,)
-  return tf.while_loop(lambda k: k < count, body, (tf.constant(0),))[0]
+  return tf.while_loop(lambda k: k < group, body, (tf.constant(0),))[0]
 
 
 def _fetch(iterator, count, group):

@@ -48,9 +48,14 @@ class ReplicaStep:
                                   and head.double_softmax == "raise"] * 2
                                  for head in trainer_state.heads])
 
-  def train(self, element, diagnostics=False):
+  def train(self, element, diagnostics=False, present=None):
     """One training step on this replica's batch; `diagnostics`: also the per-head
-    gradient diagnostics (the last step of a loop, in a program of its own)."""
+    gradient diagnostics (the last step of a loop, in a program of its own).
+
+    `present` (a bool tensor; None: True): False for a slot of a program of
+    several steps that got no batch. Such a step applies, counts, measures
+    and records nothing, as a step after the loop stopped.
+    """
     t = self._t
     t.trace_counts["diagnostic_step" if diagnostics else "train_step"] += 1
     features, labels, weights = split(element)
@@ -59,12 +64,16 @@ class ReplicaStep:
     batch_ok = tf.equal(tf.reduce_sum(checks[:, 0]), 0.0)
     labels = _safe_labels(labels, batch_ok)
     running = t.halting.running()
+    guard_pending = tf.convert_to_tensor(t.guard_pending)
+    if present is not None:
+      running &= present
+      guard_pending &= present
     weight_sums = update_lib.all_reduce_sum(
         step_lib.local_weight_sums(t.heads, labels, weights), replicas)
     loss_scale = t.update.loss_scale()
     step = tf.convert_to_tensor(t.global_step)
     indices = t.balancing.per_head_indices(diagnostics)
-    guard_now = tf.convert_to_tensor(t.guard_pending)
+    guard_now = guard_pending
     model_variables = t.model.trainable_variables, t.model.non_trainable_variables
     trainable, non_trainable = ([v.value for v in vs] for vs in model_variables)
     out = self._gradients(trainable, non_trainable, (features, labels, weights), weight_sums,
@@ -96,7 +105,7 @@ class ReplicaStep:
                                         halting_lib.TOO_MANY_SKIPS)))
     t.halting.record(stop, step + 1, reason, checks, outcome.bad_heads)
     t.halting.probabilities.assign(tf.where(guard_now, probabilities, t.halting.probabilities))
-    t.guard_pending.assign(False)
+    t.guard_pending.assign(t.guard_pending & tf.logical_not(guard_now))
     counted = running & tf.logical_not(stop)
     if t.balancing.weightings_update:
       loss_sums = update_lib.all_reduce_sum(

@@ -181,7 +181,8 @@ class Trainer:
                                  replica_step.ReplicaStep(self, compile_gradients=self.replicas > 1),
                                  self.config.jit_compile, self.trace_counts,
                                  report=lambda: reporting.report(self, full),
-                                 steps_per_program=self.config.steps_per_program)
+                                 steps_per_program=self.config.steps_per_program,
+                                 steps_per_loop=self.config.steps_per_loop)
     self.checkpoints.restore_latest_readable(move_damaged=self._writer.held)
     if self.checkpoints.restored is None and self.config.init_checkpoint:
       self.checkpoints.warm_start(self.config.init_checkpoint, self.config.init_modules)
