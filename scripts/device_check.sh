@@ -47,8 +47,9 @@ for precision in float32 mixed_float16; do
   engine="$(awk '$1 == "engine" {print $2}' "$OUT/bench_$precision.txt" | head -1)"
   bare="$(awk '$1 == "bare_loop" {print $2}' "$OUT/bench_$precision.txt" | head -1)"
   fit="$(awk '$1 == "fit_spe50" {print $2}' "$OUT/bench_$precision.txt" | head -1)"
+  bare10="$(awk '$1 == "bare_loop10" {print $2}' "$OUT/bench_$precision.txt" | head -1)"
   printf '%-44s %-12s %s\n' "benchmark $precision (steps/s)" "$(status "$rc")" \
-      "engine ${engine:-?}, fit_spe50 ${fit:-?}, bare_loop ${bare:-?}"
+      "engine ${engine:-?}, fit_spe50 ${fit:-?}, bare_loop ${bare:-?}, bare_loop10 ${bare10:-?}"
   grep '^target' "$OUT/bench_$precision.txt" | sed 's/^target /    /'
 done
 printf '%-44s %-12s %s\n' "no host sync per step (tests/test_loop_structure.py)" "$(status "$STRUCTURE")" \
