@@ -64,16 +64,15 @@ class ReplicaStep:
     batch_ok = tf.equal(tf.reduce_sum(checks[:, 0]), 0.0)
     labels = _safe_labels(labels, batch_ok)
     running = t.halting.running()
-    guard_pending = tf.convert_to_tensor(t.guard_pending)
+    guard_now = tf.convert_to_tensor(t.guard_pending)
     if present is not None:
       running &= present
-      guard_pending &= present
+      guard_now &= present
     weight_sums = update_lib.all_reduce_sum(
         step_lib.local_weight_sums(t.heads, labels, weights), replicas)
     loss_scale = t.update.loss_scale()
     step = tf.convert_to_tensor(t.global_step)
     indices = t.balancing.per_head_indices(diagnostics)
-    guard_now = guard_pending
     model_variables = t.model.trainable_variables, t.model.non_trainable_variables
     trainable, non_trainable = ([v.value for v in vs] for vs in model_variables)
     out = self._gradients(trainable, non_trainable, (features, labels, weights), weight_sums,

@@ -211,6 +211,12 @@ def test_several_steps_per_program_train_exactly_as_one_per_program(make_trainer
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
   # A batch dimension that may vary: one step per program.
   assert runs[3].loops.steps_per_program(dataset_of(x, labels).element_spec) == 1
+  # No more slots than a loop has steps.
+  short = make_trainer(model_dir=tmp_path / "short", jit_compile=True, steps_per_loop=4,
+                       steps_per_program=10)
+  short.build(tf.TensorSpec([None, engine.data.NUM_FEATURES], tf.float32))
+  static_spec = dataset_of(x, labels, batch_size=16, static=True).element_spec
+  assert short.loops.steps_per_program(static_spec) == 4
 
 
 def test_a_checkpoint_of_another_model_gives_a_clear_error(make_trainer, demo_batches, tmp_path):
