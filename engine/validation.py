@@ -128,12 +128,21 @@ class BatchChecks:
     self.rows = 2 * len(self.heads) + len(self._features)
 
   def compute(self, features, labels, weights):
-    """[rows, 3]: (bad count, low, high) per check, over this batch (XLA-safe)."""
-    rows = []
+    """[rows, 3]: (bad count, low, high) per check, over this batch (XLA-safe).
+
+    Every label and weight row shares two reductions (one sum of the bad
+    flags, one maximum of the negated and plain values, over the rows padded
+    to one length), and each float feature takes one sum: inside the
+    compiled step every reduction is compiled code of its own (two kernels
+    on XLA's CPU backend), and the first call's compile time grows with
+    their number.
+    """
+    parts = []
     for head in self.heads:
       y, w = labels[head.name], weights.get(head.name)
-      rows.append(_label_row(head, y, w))
-      rows.append(_weight_row(w))
+      parts.append(_label_part(head, y, w))
+      parts.append(_weight_part(w))
+    rows = _rows(parts)
     for value in tf.nest.flatten(features):
       rows.append(_feature_row(value))
     return tf.stack(rows)
@@ -176,21 +185,39 @@ def _feature_names(features_spec):
   return ["features"] * len(tf.nest.flatten(features_spec))
 
 
-def _row(bad, values, present):
-  """(count of bad, min and max of the present values) as float32 [3].
+def _rows(parts):
+  """[3] float32 rows (count of bad, min and max of the present values) of
+  `parts`, each None (nothing to check: 0 bad, range [1, 1]) or flat
+  (bad, values, present): two reductions for all of them."""
+  checked = [part for part in parts if part is not None]
+  if not checked:
+    return [tf.constant([0.0, 1.0, 1.0]) for _ in parts]
+  sizes = [part[0].shape[0] for part in checked]
+  length = (max(sizes) if None not in sizes
+            else tf.reduce_max(tf.stack([tf.size(part[0]) for part in checked])))
+  def padded(vector, fill):
+    return tf.pad(vector, [[0, length - tf.size(vector)]], constant_values=fill)
+  counts = tf.reduce_sum(tf.stack([padded(tf.cast(bad, tf.float32), 0.0)
+                                   for bad, _, _ in checked]), axis=1)
+  extremes = tf.reduce_max(tf.stack(
+      [padded(tf.where(present, sign * values, float("-inf")), float("-inf"))
+       for _, values, present in checked for sign in (-1.0, 1.0)]), axis=1)
+  rows, i = [], 0
+  for part in parts:
+    if part is None:
+      rows.append(tf.constant([0.0, 1.0, 1.0]))
+      continue
+    rows.append(tf.stack([counts[i], -extremes[2 * i], extremes[2 * i + 1]]))
+    i += 1
+  return rows
 
-  Two reductions (a sum; one maximum over the negated and plain values):
-  this runs inside the compiled step, where each reduction is compiled code.
-  """
-  values = tf.reshape(tf.cast(values, tf.float32), [-1])
-  present = tf.reshape(present, [-1])
-  count = tf.reduce_sum(tf.cast(tf.reshape(bad, [-1]), tf.float32))
-  extremes = tf.reduce_max(tf.stack([tf.where(present, -values, float("-inf")),
-                                     tf.where(present, values, float("-inf"))]), axis=1)
-  return tf.stack([count, -extremes[0], extremes[1]])
+
+def _flat(bad, values, present):
+  flat = lambda t: tf.reshape(t, [-1])
+  return flat(bad), flat(tf.cast(values, tf.float32)), flat(present)
 
 
-def _label_row(head, y, w):
+def _label_part(head, y, w):
   """Only labels with a non-zero weight count: a weight of 0 marks an absent label."""
   form = base.matching_label_spec(head, tf.TensorSpec.from_tensor(y))
   present = tf.ones_like(y, tf.bool)
@@ -204,21 +231,21 @@ def _label_row(head, y, w):
     if form.ignore_value is not None:
       present = present & tf.not_equal(ids, form.ignore_value)
     bad = present & ((ids < 0) | (ids >= form.num_classes))
-    return _row(bad, ids, present)
+    return _flat(bad, ids, present)
   values = tf.cast(y, tf.float32)
   bad = tf.logical_not(tf.math.is_finite(values))
   if form.value_range is not None:
     low, high = form.value_range
     bad = bad | (values < low) | (values > high)
-  return _row(present & bad, values, present)
+  return _flat(present & bad, values, present)
 
 
-def _weight_row(w):
+def _weight_part(w):
   if w is None:
-    return tf.constant([0.0, 1.0, 1.0])
+    return None
   w = tf.cast(w, tf.float32)
   bad = tf.logical_not(tf.math.is_finite(w)) | (w < 0)
-  return _row(bad, w, tf.ones_like(w, tf.bool))
+  return _flat(bad, w, tf.ones_like(w, tf.bool))
 
 
 def _feature_row(value):
