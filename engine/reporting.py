@@ -32,6 +32,7 @@ def report(trainer, full: bool) -> dict:
   if t.update.loss_scaled:
     scalars["loss_scale"] = tf.cast(t.optimizer.dynamic_scale, tf.float32)
   values = {"results": t.measurements.results(t.global_step, full), "scalars": scalars,
+            "step": tf.identity(t.global_step),
             "halting": {name: tf.identity(variable) for name, variable in
                         zip(("step", "reason", "checks", "heads", "probabilities"),
                             t.halting.variables)}}
