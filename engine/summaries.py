@@ -89,7 +89,7 @@ class SummaryWriters:
   @contextlib.contextmanager
   def as_default(self, mode: str, step: int, flush: bool = True):
     """The writer of `mode` as the default one at `step`; flushed on exit if `flush`
-    (else by the writer itself, every 10 events or 2 minutes, or by `flush()`)."""
+    (each event reaches the file as it is written; a flush syncs it)."""
     if mode not in self._writers:
       self._writers[mode] = tf.summary.create_file_writer(os.path.join(self._model_dir, mode))
     with self._writers[mode].as_default(step=step):

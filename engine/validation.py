@@ -189,12 +189,8 @@ def _rows(parts):
   """[3] float32 rows (count of bad, min and max of the present values) of
   `parts`, each None (nothing to check: 0 bad, range [1, 1]) or flat
   (bad, values, present): two reductions for all of them."""
-  checked = [part for part in parts if part is not None]
-  if not checked:
-    return [tf.constant([0.0, 1.0, 1.0]) for _ in parts]
-  sizes = [part[0].shape[0] for part in checked]
-  length = (max(sizes) if None not in sizes
-            else tf.reduce_max(tf.stack([tf.size(part[0]) for part in checked])))
+  checked = [part for part in parts if part is not None]  # Every head's labels at least.
+  length = tf.reduce_max(tf.stack([tf.size(bad) for bad, _, _ in checked]))
   def padded(vector, fill):
     return tf.pad(vector, [[0, length - tf.size(vector)]], constant_values=fill)
   counts = tf.reduce_sum(tf.stack([padded(tf.cast(bad, tf.float32), 0.0)
