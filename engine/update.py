@@ -49,6 +49,34 @@ def assign_changed(variables, old_values, new_values, replicas, applied):
   context.merge_call(assign, args=(values,))
 
 
+SMALL = 1 << 14  # Gradients of at most this many values share one sum.
+
+
+def finiteness_sum(gradients):
+  """A float32 sum that is NaN or infinite iff some gradient value is.
+
+  XLA's CPU backend compiles each reduction as one or two kernels of its
+  own, ~20 ms of compile time each whatever their size (BENCHMARKS.md). The
+  small gradients (biases, heads) are therefore summed together: flattened,
+  concatenated and padded to a [n, 128] matrix, which XLA does not split
+  back into one reduction per part (it does for a flat concatenation). The
+  large ones keep a sum each, where copying them would cost a pass.
+  """
+  values = [tf.cast(g.values if isinstance(g, tf.IndexedSlices) else g, tf.float32)
+            for g in gradients]
+  small = [tf.reshape(v, [-1]) for v in values
+           if v.shape.is_fully_defined() and v.shape.num_elements() <= SMALL]
+  sums = [tf.reduce_sum(v) for v in values
+          if not (v.shape.is_fully_defined() and v.shape.num_elements() <= SMALL)]
+  if len(small) > 1:
+    flat = tf.concat(small, axis=0)
+    padding = -flat.shape[0] % 128
+    sums.append(tf.reduce_sum(tf.reshape(tf.pad(flat, [[0, padding]]), [-1, 128])))
+  elif small:
+    sums.append(tf.reduce_sum(small[0]))
+  return tf.add_n(sums)
+
+
 class Outcome(typing.NamedTuple):
   """What `GradientUpdate.apply` decided, identical on every replica."""
   applied: tf.Tensor        # the optimizer applied the step
@@ -128,9 +156,7 @@ class GradientUpdate:
       norm = tf.linalg.global_norm(reduced) / loss_scale
       gradients_finite = tf.math.is_finite(norm)
     else:
-      gradients_finite = tf.math.is_finite(tf.add_n([
-          tf.reduce_sum(tf.cast(g.values if isinstance(g, tf.IndexedSlices) else g, tf.float32))
-          for g in reduced]))
+      gradients_finite = tf.math.is_finite(finiteness_sum(reduced))
     finite = tf.logical_and(gradients_finite, losses_finite)
     local = gradients
     if self._loss_scaled or self._clip_norm:

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import engine
+from engine import update as update_lib
 from tests.conftest import dataset_of
 
 
@@ -131,3 +132,18 @@ def test_nonfinite_gradients_under_finite_losses_raise_at_their_step(make_traine
   assert trainer.step == 2
   for a, b in zip(before, _weights(trainer)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 2, 3])  # A small gradient, another small one, a large one.
+def test_the_finiteness_sum_sees_any_bad_value_in_small_and_large_gradients(bad, where):
+  rng = np.random.default_rng(where)
+  shapes = [(7,), (64, 10), (3, 5), (update_lib.SMALL + 1,)]
+  values = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+  if bad is not None:
+    values[where].flat[-1] = bad
+  total = update_lib.finiteness_sum([tf.constant(v) for v in values]).numpy()
+  if bad is None:
+    np.testing.assert_allclose(total, sum(float(v.sum()) for v in values), rtol=1e-4)
+  else:
+    assert not np.isfinite(total)
