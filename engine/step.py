@@ -55,18 +55,20 @@ def probability_flags(heads, head_inputs, logits):
   """[heads, 2] bool: whether each guarded head's input, and its logits, look like
   probabilities, on the batch's first `GUARD_ROWS` examples. Heads reading the
   same trunk output share one check of it."""
-  checked = {}
-  rows = []
-  for head in heads:
-    if isinstance(head, guard_lib.DistributionHead) and head.guarded:
-      if head.input_key not in checked:
-        checked[head.input_key] = guard_lib.looks_like_probabilities(
-            head_inputs[head.name][:GUARD_ROWS])
-      rows.append(tf.stack([checked[head.input_key],
-                            guard_lib.looks_like_probabilities(logits[head.name][:GUARD_ROWS])]))
-    else:
-      rows.append(tf.zeros([2], tf.bool))
-  return tf.stack(rows)
+  guarded = [isinstance(head, guard_lib.DistributionHead) and head.guarded for head in heads]
+  shared = {}
+  for head, g in zip(heads, guarded):
+    if g:
+      shared.setdefault(head.input_key, head_inputs[head.name][:GUARD_ROWS])
+  if not shared:
+    return tf.zeros([len(heads), 2], tf.bool)
+  inputs = list(shared)
+  tensors = [*shared.values(), *(logits[h.name][:GUARD_ROWS] for h, g in zip(heads, guarded) if g)]
+  # One call: all of them in one reduction.
+  flags = tf.unstack(guard_lib.probability_checks(tensors))
+  logit_flags = iter(flags[len(inputs):])
+  return tf.stack([tf.stack([flags[inputs.index(head.input_key)], next(logit_flags)]) if g
+                   else tf.zeros([2], tf.bool) for head, g in zip(heads, guarded)])
 
 
 def gradients(model, heads, trainable, non_trainable, batch, global_weight_sums, loss_scale,

@@ -19,20 +19,39 @@ POLICIES = ("warn", "raise", "ignore")
 WHAT = ("its input features", "its logits")
 
 
-def looks_like_probabilities(tensor):
-  """A bool scalar tensor: every row lies in [0, 1] and sums to 1 (graph- and XLA-safe).
+TOLERANCE = 1e-3  # How far from 1 a row's sums may be.
 
-  Two reductions (the row sums, then one maximum), since the engine runs it
-  inside its compiled step, where every reduction is compiled code.
+
+def looks_like_probabilities(tensor):
+  """A bool scalar tensor: every row lies in [0, 1] and sums to 1 (graph- and XLA-safe)."""
+  return probability_checks([tensor])[0]
+
+
+def probability_checks(tensors):
+  """[len(tensors)] bool: for each tensor, whether every row (its last axis) is a
+  probability vector, up to `TOLERANCE`; False for integer tensors, rank < 2 or
+  fewer than 2 columns.
+
+  A row is a probability vector iff its sum and the sum of its absolute values
+  are both 1: equal sums leave no negative value, and non-negative values that
+  sum to 1 are at most 1. Zero columns change neither sum, so the rows of every
+  tensor, padded to one width, take one reduction: the engine runs this in
+  its compiled step, where each reduction is a kernel of its own to compile.
   """
-  tensor = tf.convert_to_tensor(tensor)
-  if not tensor.dtype.is_floating or tensor.shape.rank < 2 or tensor.shape[-1] < 2:
-    return tf.constant(False)
-  values = tf.reshape(tf.cast(tensor, tf.float32), [-1, tensor.shape[-1]])
-  outside_unit = tf.abs(values - 0.5) - 0.5  # <= 0 inside [0, 1].
-  off_one = tf.abs(tf.reduce_sum(values, axis=-1, keepdims=True) - 1.0) - 1e-3  # < 0: sums to 1.
-  worst = tf.reduce_max(tf.concat([outside_unit, off_one], axis=-1))
-  return worst < 0.0
+  tensors = [tf.convert_to_tensor(t) for t in tensors]
+  checked = [i for i, t in enumerate(tensors) if t.dtype.is_floating and t.shape.rank
+             and t.shape.rank >= 2 and t.shape[-1] is not None and t.shape[-1] >= 2]
+  if not checked:
+    return tf.zeros([len(tensors)], tf.bool)
+  width = max(tensors[i].shape[-1] for i in checked)
+  rows = [tf.reshape(tf.cast(tensors[i], tf.float32), [-1, tensors[i].shape[-1]])
+          for i in checked]
+  values = tf.concat([tf.pad(r, [[0, 0], [0, width - r.shape[-1]]]) for r in rows], axis=0)
+  sums = tf.reduce_sum(tf.stack([values, tf.abs(values)], axis=1), axis=-1)  # [rows, 2]
+  worst = tf.split(tf.reduce_max(tf.abs(sums - 1.0), axis=-1),
+                   [tf.shape(r)[0] for r in rows])  # Per tensor, its rows' worst.
+  flags = dict(zip(checked, (tf.reduce_max(part) < TOLERANCE for part in worst)))
+  return tf.stack([flags.get(i, tf.constant(False)) for i in range(len(tensors))])
 
 
 def message(head_name: str, what: str) -> str:

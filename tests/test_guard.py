@@ -56,3 +56,21 @@ def test_a_trunk_ending_in_softmax_is_caught_before_the_first_step(make_trainer,
     with pytest.warns(UserWarning, match=pattern):
       trainer.train(dataset, steps=2)
     assert trainer.step == 2
+
+
+def _looks_like_probabilities_reference(array):
+  rows = np.reshape(array, [-1, array.shape[-1]])
+  return bool(np.all((rows >= 0) & (rows <= 1)) and np.all(np.abs(rows.sum(-1) - 1) < 1e-3))
+
+
+def test_probability_checks_match_a_numpy_reference_in_one_call():
+  cases = [_probabilities(8, 4).numpy(),                          # probabilities
+           np.array([[1.5, -0.5], [0.5, 0.5]], np.float32),       # sums to 1, not in [0, 1]
+           np.array([[0.2, 0.2, 0.2]], np.float32),               # in [0, 1], sums to 0.6
+           tf.reshape(_probabilities(8, 3), [2, 4, 3]).numpy(),   # rank 3, other width
+           np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)]
+  got = heads.guard.probability_checks([tf.constant(c) for c in cases]
+                                       + [tf.zeros([4], tf.float32), tf.zeros([3, 2], tf.int32)])
+  expected = [_looks_like_probabilities_reference(c) for c in cases] + [False, False]
+  assert expected[:3] == [True, False, False] and expected[3]
+  assert got.numpy().tolist() == expected
