@@ -64,7 +64,7 @@ class ReplicaStep:
     batch_ok = tf.equal(tf.reduce_sum(checks[:, 0]), 0.0)
     labels = _safe_labels(labels, batch_ok)
     running = t.halting.running()
-    guard_now = tf.convert_to_tensor(t.guard_pending)
+    guard_now = t.halting.guard_pending()
     if present is not None:
       running &= present
       guard_now &= present
@@ -102,9 +102,7 @@ class ReplicaStep:
                                                         halting_lib.NONFINITE_GRADIENTS,
                                                         halting_lib.NONFINITE_LOSS),
                                         halting_lib.TOO_MANY_SKIPS)))
-    t.halting.record(stop, step + 1, reason, checks, outcome.bad_heads)
-    t.halting.probabilities.assign(tf.where(guard_now, probabilities, t.halting.probabilities))
-    t.guard_pending.assign(t.guard_pending & tf.logical_not(guard_now))
+    t.halting.record(stop, step + 1, reason, checks, outcome.bad_heads, guard_now, probabilities)
     counted = running & tf.logical_not(stop)
     if t.balancing.weightings_update:
       loss_sums = update_lib.all_reduce_sum(

@@ -33,9 +33,7 @@ def report(trainer, full: bool) -> dict:
     scalars["loss_scale"] = tf.cast(t.optimizer.dynamic_scale, tf.float32)
   values = {"results": t.measurements.results(t.global_step, full), "scalars": scalars,
             "step": tf.identity(t.global_step),
-            "halting": {name: tf.identity(variable) for name, variable in
-                        zip(("step", "reason", "checks", "heads", "probabilities"),
-                            t.halting.variables)}}
+            "halting": t.halting.read()}
   if full:  # The reliability diagrams' bins: the heads' metrics are reset below.
     values["reliability"] = t.pictures.reliability_sums()
   with tf.control_dependencies(tf.nest.flatten(values)):
@@ -48,10 +46,9 @@ def reset(trainer, guard: bool):
   """Before a `train` or `evaluate` call: zeroes the sums, metrics, pictures and
   halting record; `guard`: the next step runs the double-softmax guard."""
   trainer.measurements.reset()
-  trainer.halting.reset()
+  trainer.halting.reset(guard)
   for metric in trainer.pictures.metrics:  # Written after `report`, so reset here only.
     metric.reset_state()
-  trainer.guard_pending.assign(guard)
 
 
 def to_numpy(values) -> dict:

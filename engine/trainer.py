@@ -93,9 +93,6 @@ class Trainer:
       self.consecutive_skips = counter("consecutive_skips")
       # Per head, in head order: steps skipped because that head's loss was not finite.
       self.nonfinite_losses = counter("nonfinite_losses", tf.zeros([len(self.heads)], tf.int64))
-      # The first step of each `train` call runs the double-softmax guard.
-      self.guard_pending = tf.Variable(False, trainable=False, name="guard_pending",
-                                       aggregation=first)
       self.measurements = measurements_lib.Measurements(self.heads, self.replicas)
       self.pictures = pictures_lib.EvalPictures(self.heads)
       self.balancing = multitask.HeadBalancing(self.heads, config.aggregation,
