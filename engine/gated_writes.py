@@ -42,7 +42,8 @@ def apply(optimizer, apply_fn, state, applied):
   """
   graph = tf.compat.v1.get_default_graph()
   variables = [_tf_variable(v) for v in state]
-  snapshots = [tf.identity(v) for v in variables]
+  # One read each (`value()` adds no Identity): most are never used.
+  snapshots = [v.value() for v in variables]
   first_op = len(graph.get_operations())
   gated_ops = set()
   with _gated_methods(optimizer, applied, graph, gated_ops):

@@ -37,7 +37,9 @@ def report(trainer, full: bool) -> dict:
   if full:  # The reliability diagrams' bins: the heads' metrics are reset below.
     values["reliability"] = t.pictures.reliability_sums()
   with tf.control_dependencies(tf.nest.flatten(values)):
-    trainer.measurements.reset()
+    # The heads' Keras metrics change in training only with the full set;
+    # `evaluate` resets them before it starts.
+    trainer.measurements.reset(with_metrics=full)
     trainer.halting.reset()
   return values
 

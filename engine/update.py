@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from engine import gated_writes
+from heads import sums as sums_lib
 
 
 def all_reduce_sum(values, replicas):
@@ -57,10 +58,10 @@ def finiteness_sum(gradients):
 
   XLA's CPU backend compiles each reduction as one or two kernels of its
   own, ~20 ms of compile time each whatever their size (BENCHMARKS.md). The
-  small gradients (biases, heads) are therefore summed together: flattened,
-  concatenated and padded to a [n, 128] matrix, which XLA does not split
-  back into one reduction per part (it does for a flat concatenation). The
-  large ones keep a sum each, where copying them would cost a pass.
+  small gradients (biases, heads) are therefore summed together, as one
+  product of their concatenation with ones (`heads.sums`: one kernel, where
+  a reduction of it compiled as three). The large ones keep a sum each,
+  where copying them would cost a pass.
   """
   values = [tf.cast(g.values if isinstance(g, tf.IndexedSlices) else g, tf.float32)
             for g in gradients]
@@ -68,12 +69,8 @@ def finiteness_sum(gradients):
            if v.shape.is_fully_defined() and v.shape.num_elements() <= SMALL]
   sums = [tf.reduce_sum(v) for v in values
           if not (v.shape.is_fully_defined() and v.shape.num_elements() <= SMALL)]
-  if len(small) > 1:
-    flat = tf.concat(small, axis=0)
-    padding = -flat.shape[0] % 128
-    sums.append(tf.reduce_sum(tf.reshape(tf.pad(flat, [[0, padding]]), [-1, 128])))
-  elif small:
-    sums.append(tf.reduce_sum(small[0]))
+  if small:
+    sums.append(sums_lib.total(tf.concat(small, axis=0)))
   return tf.add_n(sums)
 
 

@@ -142,10 +142,8 @@ class BatchChecks:
       y, w = labels[head.name], weights.get(head.name)
       parts.append(_label_part(head, y, w))
       parts.append(_weight_part(w))
-    rows = _rows(parts)
-    for value in tf.nest.flatten(features):
-      rows.append(_feature_row(value))
-    return tf.stack(rows)
+    features = [_feature_row(value) for value in tf.nest.flatten(features)]
+    return tf.concat([_rows(parts), *([tf.stack(features)] if features else [])], axis=0)
 
   @staticmethod
   def reduce_over_replicas(rows, replicas):
@@ -186,26 +184,32 @@ def _feature_names(features_spec):
 
 
 def _rows(parts):
-  """[3] float32 rows (count of bad, min and max of the present values) of
+  """[len(parts), 3] float32: (count of bad, min and max of the present values) of
   `parts`, each None (nothing to check: 0 bad, range [1, 1]) or flat
-  (bad, values, present): two reductions for all of them."""
+  (bad, values, present): two reductions for all of them. Static sizes (the
+  usual case) pad by constants, so the traced step holds no shape arithmetic."""
   checked = [part for part in parts if part is not None]  # Every head's labels at least.
-  length = tf.reduce_max(tf.stack([tf.size(bad) for bad, _, _ in checked]))
-  def padded(vector, fill):
-    return tf.pad(vector, [[0, length - tf.size(vector)]], constant_values=fill)
-  counts = tf.reduce_sum(tf.stack([padded(tf.cast(bad, tf.float32), 0.0)
-                                   for bad, _, _ in checked]), axis=1)
-  extremes = tf.reduce_max(tf.stack(
-      [padded(tf.where(present, sign * values, float("-inf")), float("-inf"))
-       for _, values, present in checked for sign in (-1.0, 1.0)]), axis=1)
-  rows, i = [], 0
-  for part in parts:
-    if part is None:
-      rows.append(tf.constant([0.0, 1.0, 1.0]))
-      continue
-    rows.append(tf.stack([counts[i], -extremes[2 * i], extremes[2 * i + 1]]))
-    i += 1
-  return rows
+  sizes = [bad.shape.num_elements() for bad, _, _ in checked]
+  if None in sizes:
+    length = tf.reduce_max(tf.stack([tf.size(bad) for bad, _, _ in checked]))
+    sizes = [tf.size(bad) for bad, _, _ in checked]
+  else:
+    length = max(sizes)
+  def padded(vectors, fill):
+    return tf.stack([tf.pad(v, [[0, length - size]], constant_values=fill)
+                     for v, size in zip(vectors, sizes)])
+  counts = tf.einsum("rl,l->r", padded([tf.cast(bad, tf.float32) for bad, _, _ in checked], 0.0),
+                     tf.ones([length]))  # A product with ones: one kernel (`heads.sums`).
+  extremes = tf.reduce_max(tf.stack([
+      padded([tf.where(present, sign * values, float("-inf")) for _, values, present in checked],
+             float("-inf")) for sign in (-1.0, 1.0)], axis=1), axis=2)  # [checked, 2]
+  rows = tf.concat([counts[:, tf.newaxis], extremes * [-1.0, 1.0]], axis=1)
+  if len(checked) == len(parts):
+    return rows
+  # Parts with nothing to check take the row after the checked ones.
+  rows = tf.concat([rows, [[0.0, 1.0, 1.0]]], axis=0)
+  index, order = len(checked), iter(range(len(checked)))
+  return tf.gather(rows, [index if part is None else next(order) for part in parts])
 
 
 def _flat(bad, values, present):
@@ -249,5 +253,3 @@ def _feature_row(value):
     return tf.zeros([3])
   bad = tf.logical_not(tf.math.is_finite(value))
   return tf.stack([tf.reduce_sum(tf.cast(bad, tf.float32)), 0.0, 0.0])
-
-

@@ -40,6 +40,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from heads import sums
 from heads import weighting
 
 
@@ -169,11 +170,11 @@ class Head(keras.layers.Layer):
     metric_weights = self.example_weights(labels, sample_weight)
     weights = self.loss_weights(labels, sample_weight)
     labels = self._clean_labels(labels, metric_weights)
-    return (_weighted_sum(self.per_example_loss(labels, logits), weights),
-            tf.reduce_sum(weights),
-            {self.main_metric: _weighted_sum(self.main_metric_values(labels, logits),
-                                             metric_weights),
-             "metric_weight": tf.reduce_sum(metric_weights)})
+    return (sums.weighted_sum(self.per_example_loss(labels, logits), weights),
+            sums.total(weights),
+            {self.main_metric: sums.weighted_sum(self.main_metric_values(labels, logits),
+                                                 metric_weights),
+             "metric_weight": sums.total(metric_weights)})
 
   def update_metrics(self, labels, logits, sample_weight=None, extras=None):
     """Accumulates the head's metrics over the examples that have a label.
@@ -200,7 +201,8 @@ class Head(keras.layers.Layer):
     multi-task data): such examples add nothing to the loss or the metrics.
     """
     if sample_weight is None:
-      return tf.ones(tf.shape(labels)[:1], tf.float32)
+      batch = labels.shape[0]  # Static: a constant, not shape ops, in the traced step.
+      return tf.ones([batch] if batch is not None else tf.shape(labels)[:1], tf.float32)
     return tf.cast(sample_weight, tf.float32)
 
   def loss_weights(self, labels, sample_weight=None):
@@ -234,12 +236,6 @@ def metric_results(metrics) -> dict:
     value = metric.result()
     results.update(value if isinstance(value, dict) else {metric.name: value})
   return results
-
-
-def _weighted_sum(values, weights):
-  # tf.where, not a product: a value that is NaN where the label is absent
-  # must not leak into the sum (0 * NaN is NaN).
-  return tf.reduce_sum(tf.where(weights > 0, values * weights, tf.zeros_like(values)))
 
 
 def matching_label_spec(head: Head, spec: tf.TensorSpec) -> Optional[LabelSpec]:
