@@ -18,7 +18,7 @@ def test_weighted_sum_and_total_match_numpy_and_skip_values_of_weight_zero(jit):
   run = tf.function(lambda f, *a: f(*a), jit_compile=jit) if jit else (lambda f, *a: f(*a))
   present = weights > 0
   np.testing.assert_allclose(run(sums.weighted_sum, values, weights).numpy(),
-                             np.sum(np.where(present, values * weights, 0.0)), rtol=1e-5)
+                             np.sum(np.where(present, values, 0.0) * weights), rtol=1e-5)
   np.testing.assert_allclose(run(sums.total, weights).numpy(), weights.sum(), rtol=1e-5)
   np.testing.assert_allclose(run(sums.dot, values[0], weights[0]).numpy(),
                              values[0] @ weights[0], rtol=1e-5)
