@@ -35,6 +35,6 @@ def weighted_sum(values, weights):
   """
   values, weights = tf.convert_to_tensor(values), tf.convert_to_tensor(weights)
   kept = tf.where(weights > 0, values, tf.zeros_like(values))
-  if kept.shape.rank != weights.shape.rank or not kept.shape.is_compatible_with(weights.shape):
-    weights = tf.broadcast_to(weights, tf.shape(kept))
+  if not (kept.shape.is_fully_defined() and kept.shape == weights.shape):
+    weights = tf.broadcast_to(weights, tf.shape(kept))  # e.g. [batch, 1] over tokens.
   return dot(kept, tf.cast(weights, kept.dtype))

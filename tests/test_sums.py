@@ -32,3 +32,10 @@ def test_weighted_sum_broadcasts_per_example_weights_over_tokens():
 
 def test_a_nan_value_with_a_positive_weight_reaches_the_sum():
   assert np.isnan(float(sums.weighted_sum(tf.constant([np.nan, 1.0]), tf.constant([1.0, 1.0]))))
+
+
+def test_weighted_sum_broadcasts_when_the_token_axis_is_unknown_when_traced():
+  weighted = tf.function(sums.weighted_sum, input_signature=[
+      tf.TensorSpec([None, None]), tf.TensorSpec([None, 1])])
+  assert float(weighted(tf.constant([[1.0, 2.0], [3.0, 4.0]]),
+                        tf.constant([[2.0], [0.0]]))) == pytest.approx(6.0)
